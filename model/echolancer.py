@@ -1,0 +1,401 @@
+"""Echolancer: a non-autoregressive text encoder and an autoregressive audio-token decoder.
+
+Token layout of the decoder (one place, saved with every checkpoint through the config):
+    [0, codebook_size)   codec tokens
+    bos_id = codebook_size, eos_id = codebook_size + 1, pad_id = codebook_size + 2
+
+Teacher forcing frames raw codec tokens here and nowhere else:
+    inputs  = BOS t0 t1 ... t(L-1) PAD ...      (B, T + 1)
+    targets = t0  t1 ...  t(L-1) EOS PAD ...     (B, T + 1)
+so position j predicts token j for j < L and position L predicts EOS.
+
+Conditioning: a vector made of the emotion embedding (BERT sentence vector -> emotion_channels)
+and, for multi-speaker models, a speaker vector (an embedding table and/or a reference-utterance
+encoder in ``vq_token_mode``) is projected to each stack's width and *added* to every input
+position. Nothing overwrites embedding channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from model.layers import (
+    DecoderLayer,
+    EncoderLayer,
+    KVCache,
+    NormalizedEmbedding,
+    alibi_bias,
+    alibi_slopes,
+    compute_dtype,
+    padding_mask,
+    self_attention_mask,
+    sinusoidal_positions,
+)
+from utils.config import ModelConfig, ModelSection
+
+# --------------------------------------------------------------------------------------------
+# Containers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EcholancerOutput:
+    """Teacher-forcing output.
+
+    logits: (B, T + 1, n_vocab).  stop_logits: (B, T + 1) or None (no stop head).
+    targets: (B, T + 1) audio tokens, EOS at each row's length, PAD after.
+    tgt_pad: (B, T + 1) True where the target is PAD.  src_pad: (B, S) True at padded text.
+    stop_targets: (B, T + 1) bool, True where the target is EOS.
+    """
+
+    logits: Tensor
+    stop_logits: Optional[Tensor]
+    targets: Tensor
+    tgt_pad: Tensor
+    src_pad: Tensor
+    stop_targets: Tensor
+
+
+@dataclass
+class EncoderState:
+    """What the decoder needs from the encoder: memory (B, S, De), src_pad (B, S), cond (B, Dc)."""
+
+    memory: Tensor
+    src_pad: Tensor
+    cond: Tensor
+
+
+@dataclass
+class DecodeState:
+    """Per-utterance state of incremental decoding: KV caches, cross K/V computed once, masks."""
+
+    caches: list[KVCache]
+    cross_kv: list[tuple[Tensor, Tensor]]
+    cross_mask: Tensor  # (B, 1, 1, S) bool, True = valid text
+    cond: Tensor  # (B, 1, Dd) decoder conditioning
+    max_len: int
+
+
+# --------------------------------------------------------------------------------------------
+# Sub-modules
+# --------------------------------------------------------------------------------------------
+
+
+class EmotionEncoder(nn.Module):
+    """BERT sentence vector (B, emotion_input_size) -> emotion vector (B, emotion_channels)."""
+
+    def __init__(self, input_size: int, hidden_sizes: list[int], out_size: int, dropout: float) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = input_size
+        for h in hidden_sizes:
+            layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(dropout)]
+            width = h
+        layers.append(nn.Linear(width, out_size))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, em: Tensor) -> Tensor:
+        return self.net(em)
+
+
+class TransformerStack(nn.Module):
+    """A stack of encoder layers over embedded tokens, with a final LayerNorm.
+
+    Used for the text encoder and the reference-utterance encoder.
+    """
+
+    def __init__(self, dim: int, heads: int, kv_heads: int, layers: int, expansion: int,
+                 activation: str, dropout: float, use_alibi: bool, alibi_alpha: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            EncoderLayer(dim, heads, kv_heads, expansion, activation, dropout) for _ in range(layers)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.use_alibi = use_alibi
+        self.register_buffer("slopes", alibi_slopes(heads, alibi_alpha), persistent=False)
+
+    def forward(self, x: Tensor, pad: Tensor) -> Tensor:
+        """x: (B, S, D) embedded tokens, pad: (B, S) -> (B, S, D), zero at padded positions."""
+        B, S, D = x.shape
+        if not self.use_alibi:
+            x = x + sinusoidal_positions(torch.arange(S, device=x.device), D).to(x.dtype)
+        mask, _ = self_attention_mask(pad, S, False, self.slopes if self.use_alibi else None, compute_dtype(x))
+        for layer in self.layers:
+            x = layer(x, mask, pad)
+        return self.norm(x).masked_fill(pad[..., None], 0.0)
+
+
+class ReferenceEncoder(nn.Module):
+    """``vq_token_mode``: a reference utterance's codec tokens (B, R) -> speaker vector (B, out)."""
+
+    def __init__(self, vocab: int, dim: int, heads: int, layers: int, expansion: int,
+                 activation: str, dropout: float, out_size: int, use_alibi: bool, alibi_alpha: float) -> None:
+        super().__init__()
+        self.embed = NormalizedEmbedding(vocab, dim)
+        self.stack = TransformerStack(dim, heads, heads, layers, expansion, activation, dropout, use_alibi, alibi_alpha)
+        self.out = nn.Linear(dim, out_size)
+
+    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        pad = padding_mask(lengths, tokens.shape[1])
+        h = self.stack(self.embed(tokens.masked_fill(pad, 0)), pad)  # (B, R, D), zero at pads
+        pooled = h.sum(1) / lengths.clamp(min=1)[:, None].to(h.dtype)  # masked mean
+        return self.out(pooled)
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+
+class Echolancer(nn.Module):
+    """Text -> audio codec tokens.
+
+    Args:
+        cfg: the ``model`` section of the model config (see ``config/model.yaml``).
+    """
+
+    def __init__(self, cfg: ModelSection) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.codebook_size = cfg.codebook_size
+        self.bos_id = cfg.codebook_size
+        self.eos_id = cfg.codebook_size + 1
+        self.pad_id = cfg.codebook_size + 2
+        self.n_vocab = cfg.codebook_size + 3
+        enc, dec = cfg.encoder, cfg.decoder
+        self.use_alibi = cfg.use_alibi
+
+        # Conditioning: emotion always, a speaker vector for multi-speaker / vq_token_mode models.
+        self.emotion_encoder = EmotionEncoder(
+            cfg.emotion_input_size, cfg.emotion_hidden_sizes, cfg.emotion_channels, enc.dropout
+        )
+        self.speaker_embed = nn.Embedding(cfg.n_speaker, cfg.speaker_channels) if cfg.multi_speaker else None
+        self.ref_encoder = None
+        if cfg.vq_token_mode:
+            r = cfg.ref_encoder
+            self.ref_encoder = ReferenceEncoder(
+                cfg.vq_vocab_size, r.hidden, r.head, r.layer, r.forward_expansion, cfg.activation,
+                r.dropout, cfg.speaker_channels, cfg.use_alibi, cfg.alibi_alpha,
+            )
+        has_speaker = cfg.multi_speaker or cfg.vq_token_mode
+        cond_dim = cfg.emotion_channels + (cfg.speaker_channels if has_speaker else 0)
+        self.enc_cond = nn.Linear(cond_dim, enc.hidden)
+        self.dec_cond = nn.Linear(cond_dim, dec.hidden)
+
+        # Text encoder.
+        self.text_embed = NormalizedEmbedding(cfg.vocab_size, enc.hidden)
+        self.encoder = TransformerStack(
+            enc.hidden, enc.head, cfg.encoder_kv_heads, enc.layer, enc.forward_expansion,
+            cfg.activation, enc.dropout, cfg.use_alibi, cfg.alibi_alpha,
+        )
+
+        # Autoregressive decoder.
+        self.audio_embed = NormalizedEmbedding(self.n_vocab, dec.hidden)
+        self.dec_layers = nn.ModuleList(
+            DecoderLayer(dec.hidden, enc.hidden, dec.head, cfg.decoder_kv_heads, dec.forward_expansion,
+                         cfg.activation, dec.dropout)
+            for _ in range(dec.layer)
+        )
+        self.dec_norm = nn.LayerNorm(dec.hidden)
+        self.head = nn.Linear(dec.hidden, self.n_vocab)
+        self.stop_head = nn.Linear(dec.hidden, 1) if cfg.stop_head else None
+        self.register_buffer("dec_slopes", alibi_slopes(dec.head, cfg.alibi_alpha), persistent=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig | ModelSection) -> Echolancer:
+        """Build from ``load_config("config/model.yaml")`` (or its ``model`` section)."""
+        return cls(cfg.model if isinstance(cfg, ModelConfig) else cfg)
+
+    @property
+    def has_stop_head(self) -> bool:
+        return self.stop_head is not None
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- conditioning and encoder ------------------------------------------------------------
+
+    def condition(
+        self,
+        speakers: Optional[Tensor],
+        em_hidden: Optional[Tensor],
+        batch_size: int,
+        device: torch.device,
+        vq_tokens: Optional[Tensor] = None,
+        vq_token_lens: Optional[Tensor] = None,
+    ) -> Tensor:
+        """The conditioning vector (B, cond_dim): emotion, then the speaker vector if any.
+
+        ``em_hidden=None`` means "no emotion" and uses the zero sentence vector, the same default
+        the dataset uses for files without an ``emotion`` key.
+        """
+        if em_hidden is None:
+            em_hidden = torch.zeros(batch_size, self.cfg.emotion_input_size, device=device)
+        if em_hidden.shape != (batch_size, self.cfg.emotion_input_size):
+            raise ValueError(
+                f"em_hidden must be (B, emotion_input_size) = ({batch_size}, {self.cfg.emotion_input_size}), "
+                f"got {tuple(em_hidden.shape)}"
+            )
+        parts = [self.emotion_encoder(em_hidden)]
+        if self.speaker_embed is not None or self.ref_encoder is not None:
+            spk = torch.zeros(batch_size, self.cfg.speaker_channels, device=device)
+            if self.speaker_embed is not None:
+                if speakers is None:
+                    raise ValueError("this model is multi-speaker: pass speaker ids (B,)")
+                speakers = speakers.reshape(-1).long()
+                if speakers.numel() != batch_size or bool((speakers < 0).any() | (speakers >= self.cfg.n_speaker).any()):
+                    raise ValueError(
+                        f"speaker ids must be {batch_size} values in [0, {self.cfg.n_speaker}); got {speakers.tolist()}"
+                    )
+                spk = spk + self.speaker_embed(speakers)
+            if self.ref_encoder is not None:
+                if vq_tokens is None or vq_token_lens is None:
+                    raise ValueError("vq_token_mode: pass the reference utterance as vq_tokens and vq_token_lens")
+                spk = spk + self.ref_encoder(vq_tokens, vq_token_lens)
+            parts.append(spk)
+        return torch.cat(parts, dim=-1)
+
+    def encode(
+        self,
+        speakers: Optional[Tensor],
+        texts: Tensor,
+        src_lens: Tensor,
+        em_hidden: Optional[Tensor] = None,
+        vq_tokens: Optional[Tensor] = None,
+        vq_token_lens: Optional[Tensor] = None,
+    ) -> EncoderState:
+        """Run the text encoder once.
+
+        Args:
+            speakers: (B,) speaker ids (multi-speaker models) or None.
+            texts: (B, S) text token ids, any value after each row's length.
+            src_lens: (B,) text lengths.  em_hidden: (B, emotion_input_size) or None.
+            vq_tokens, vq_token_lens: reference utterance (B, R) and lengths (vq_token_mode).
+        """
+        B, S = texts.shape
+        src_pad = padding_mask(src_lens, S)
+        cond = self.condition(speakers, em_hidden, B, texts.device, vq_tokens, vq_token_lens)
+        x = self.text_embed(texts.masked_fill(src_pad, 0)) + self.enc_cond(cond)[:, None, :]
+        return EncoderState(self.encoder(x, src_pad), src_pad, cond)
+
+    # ---- teacher forcing ---------------------------------------------------------------------
+
+    def frame(self, mels: Tensor, mel_lens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Raw codec tokens (B, T) -> decoder inputs, targets and target padding, each (B, T + 1)."""
+        B, T = mels.shape
+        tgt_pad = padding_mask(mel_lens + 1, T + 1)  # L tokens + EOS are valid targets
+        body = mels.masked_fill(padding_mask(mel_lens, T), self.pad_id)
+        bos = torch.full((B, 1), self.bos_id, dtype=mels.dtype, device=mels.device)
+        pad = torch.full((B, 1), self.pad_id, dtype=mels.dtype, device=mels.device)
+        inputs = torch.cat([bos, body], dim=1)
+        targets = torch.cat([body, pad], dim=1)
+        targets = targets.scatter(1, mel_lens[:, None].long(), self.eos_id)
+        return inputs, targets, tgt_pad
+
+    def decode(self, inputs: Tensor, enc: EncoderState, tgt_pad: Optional[Tensor] = None) -> Tensor:
+        """Decoder over a whole (framed) sequence, no cache.
+
+        Args:
+            inputs: (B, T) decoder input ids starting with BOS.  tgt_pad: (B, T) or None.
+        Returns:
+            (B, T, Dd) final hidden states.
+        """
+        B, T = inputs.shape
+        x = self.audio_embed(inputs) + self.dec_cond(enc.cond)[:, None, :]
+        if not self.use_alibi:
+            x = x + sinusoidal_positions(torch.arange(T, device=x.device), x.shape[-1]).to(x.dtype)
+        self_mask, is_causal = self_attention_mask(
+            tgt_pad, T, True, self.dec_slopes if self.use_alibi else None, compute_dtype(x)
+        )
+        cross_mask = (~enc.src_pad)[:, None, None, :]
+        for layer in self.dec_layers:
+            x = layer(x, self_mask, is_causal, cross_mask, tgt_pad, memory=enc.memory)
+        return self.dec_norm(x)
+
+    def project(self, h: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """Hidden states (..., Dd) -> token logits (..., n_vocab) and stop logits (...) or None."""
+        stop = self.stop_head(h).squeeze(-1) if self.stop_head is not None else None
+        return self.head(h), stop
+
+    def forward(
+        self,
+        speakers: Optional[Tensor],
+        texts: Tensor,
+        src_lens: Tensor,
+        mels: Tensor,
+        mel_lens: Tensor,
+        em_hidden: Optional[Tensor] = None,
+        vq_tokens: Optional[Tensor] = None,
+        vq_token_lens: Optional[Tensor] = None,
+    ) -> EcholancerOutput:
+        """Teacher forcing.
+
+        Args:
+            speakers: (B,) ids or None.  texts: (B, S).  src_lens: (B,).
+            mels: (B, T) raw codec tokens in [0, codebook_size), padded (with ``pad_id``).
+            mel_lens: (B,) audio lengths.  em_hidden: (B, emotion_input_size) or None.
+            vq_tokens, vq_token_lens: reference utterance for ``vq_token_mode``.
+        """
+        enc = self.encode(speakers, texts, src_lens, em_hidden, vq_tokens, vq_token_lens)
+        inputs, targets, tgt_pad = self.frame(mels, mel_lens)
+        h = self.decode(inputs, enc, tgt_pad)
+        logits, stop = self.project(h)
+        return EcholancerOutput(logits, stop, targets, tgt_pad, enc.src_pad, targets == self.eos_id)
+
+    # ---- incremental decoding (used by model/generation.py) ----------------------------------
+
+    def init_decode_state(self, enc: EncoderState, max_len: int, dtype: Optional[torch.dtype] = None) -> DecodeState:
+        """Allocate KV caches for ``max_len`` decoder positions and compute cross K/V once."""
+        B = enc.memory.shape[0]
+        dev = enc.memory.device
+        dtype = dtype or enc.memory.dtype
+        caches, cross_kv = [], []
+        for layer in self.dec_layers:
+            a = layer.self_attn
+            caches.append(KVCache(B, a.n_kv_heads, max_len, a.head_dim, dtype, dev))
+            cross_kv.append(layer.cross_attn.project_kv(enc.memory))
+        cond = self.dec_cond(enc.cond)[:, None, :]
+        return DecodeState(caches, cross_kv, (~enc.src_pad)[:, None, None, :], cond, max_len)
+
+    def decode_step(self, tokens: Tensor, input_pos: Tensor, state: DecodeState) -> tuple[Tensor, Optional[Tensor]]:
+        """One decoder step with the KV cache; static shapes, so it can be compiled/graph-captured.
+
+        Args:
+            tokens: (B, 1) the token at position ``input_pos``.  input_pos: (1,) long.
+        Returns:
+            logits (B, n_vocab) for the next token, stop logits (B,) or None.
+        """
+        x = self.audio_embed(tokens) + state.cond
+        if not self.use_alibi:
+            x = x + sinusoidal_positions(input_pos, x.shape[-1]).to(x.dtype)
+        k_pos = torch.arange(state.max_len, device=tokens.device)
+        future = k_pos[None, :] > input_pos[:, None]  # (1, Tmax): unwritten cache slots
+        if self.use_alibi:
+            bias = alibi_bias(self.dec_slopes, input_pos, k_pos, causal=True)  # (H, 1, Tmax)
+            mask = bias.to(compute_dtype(x)).masked_fill(future, float("-inf"))[None]
+        else:
+            mask = (~future)[None, None]  # (1, 1, 1, Tmax) bool
+        for layer, cache, kv in zip(self.dec_layers, state.caches, state.cross_kv):
+            x = layer(x, mask, False, state.cross_mask, None, memory_kv=kv, cache=cache, input_pos=input_pos)
+        logits, stop = self.project(self.dec_norm(x)[:, -1])
+        return logits, stop
+
+    def infer(self, speakers, texts, src_lens, em_hidden=None, **kwargs):
+        """Generate codec tokens; see :func:`model.generation.generate` for the arguments."""
+        from model.generation import generate
+
+        return generate(self, speakers, texts, src_lens, em_hidden=em_hidden, **kwargs)

@@ -1,0 +1,373 @@
+"""Echolancer building blocks, read top to bottom: helpers, attention, feed-forward, layers.
+
+Conventions used throughout:
+    B batch, S text length, T audio length, D model width, H query heads, KVH key/value heads,
+    hd = D // H head width. A *padding mask* is a bool tensor, True at padded positions.
+    An *attention mask* follows ``F.scaled_dot_product_attention``: bool (True = may attend) or
+    a float bias added to the scores.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# --------------------------------------------------------------------------------------------
+# Helpers: positions, ALiBi, masks
+# --------------------------------------------------------------------------------------------
+
+
+def sinusoidal_positions(positions: Tensor, dim: int) -> Tensor:
+    """Absolute sinusoidal position encodings (Vaswani et al. 2017), used when ALiBi is off.
+
+    Args:
+        positions: (T,) integer positions.
+        dim: encoding width (even or odd).
+    Returns:
+        (T, dim) float32 encodings.
+    """
+    half = (dim + 1) // 2
+    freqs = torch.exp(
+        -math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half
+    )
+    angles = positions.to(torch.float32)[:, None] * freqs[None, :]  # (T, half)
+    pe = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)  # sin, cos interleaved
+    return pe[:, :dim]
+
+
+def alibi_slopes(n_heads: int, alpha: float = 1.0) -> Tensor:
+    """Per-head ALiBi slopes (Press et al. 2022), a geometric sequence, scaled by ``alpha``.
+
+    For a power-of-two head count n the slopes are 2^(-8/n), 2^(-16/n), ...; other counts take the
+    closest power of two and interleave slopes of the next one, as in the paper.
+
+    Returns:
+        (H,) positive float32 slopes.
+    """
+
+    def power_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        slopes = power_of_two(n_heads)
+    else:
+        closest = 2 ** math.floor(math.log2(n_heads))
+        slopes = power_of_two(closest) + power_of_two(2 * closest)[0::2][: n_heads - closest]
+    return torch.tensor(slopes, dtype=torch.float32) * alpha
+
+
+def alibi_bias(slopes: Tensor, q_pos: Tensor, k_pos: Tensor, causal: bool) -> Tensor:
+    """ALiBi bias −slope·distance, with distance i−j (causal) or |i−j| (bidirectional).
+
+    Args:
+        slopes: (H,) positive slopes.
+        q_pos: (Tq,) query positions.  k_pos: (Tk,) key positions.
+    Returns:
+        (H, Tq, Tk) float bias (≤ 0). Future keys of a causal query get a finite value here; the
+        caller masks them.
+    """
+    dist = (q_pos[:, None] - k_pos[None, :]).to(slopes.dtype)  # (Tq, Tk): i - j
+    dist = dist.clamp(min=0) if causal else dist.abs()
+    return -slopes[:, None, None] * dist[None]
+
+
+def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """(B,) lengths -> (B, max_len) bool, True at padded positions."""
+    return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+def self_attention_mask(
+    pad: Optional[Tensor],
+    length: int,
+    causal: bool,
+    slopes: Optional[Tensor],
+    dtype: torch.dtype,
+) -> tuple[Optional[Tensor], bool]:
+    """The SDPA mask for self-attention over a whole sequence.
+
+    A causal decoder over *right*-padded sequences needs no key-padding mask: a valid query i only
+    sees keys j ≤ i, which are all valid. Padded queries see earlier pads, but their outputs are
+    never used (and the feed-forward zeroes them). So the decoder stays on ``is_causal=True``
+    (flash attention) without ALiBi, and with ALiBi its bias is shared by the batch (1, H, T, T).
+
+    Args:
+        pad: (B, T) padding mask or None.  slopes: (H,) ALiBi slopes or None.
+        dtype: the dtype attention runs in (the autocast dtype under autocast): a float bias must
+            match it, and −inf is used rather than −1e9, which overflows fp16.
+    Returns:
+        (attn_mask, is_causal) for ``F.scaled_dot_product_attention``.
+    """
+    if slopes is None:
+        if causal:
+            return None, True
+        if pad is None:
+            return None, False
+        return (~pad)[:, None, None, :], False  # (B, 1, 1, T) bool
+    pos = torch.arange(length, device=slopes.device)
+    bias = alibi_bias(slopes, pos, pos, causal).to(dtype)[None]  # (1, H, T, T)
+    if causal:
+        future = pos[None, :] > pos[:, None]  # (T, T)
+        bias = bias.masked_fill(future, float("-inf"))
+    if pad is not None and not causal:
+        bias = bias.masked_fill(pad[:, None, None, :], float("-inf"))  # (B, H, T, T)
+    return bias, False
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype matmuls run in for ``x``: the autocast dtype when autocast is on."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+# --------------------------------------------------------------------------------------------
+# Embeddings
+# --------------------------------------------------------------------------------------------
+
+
+class NormalizedEmbedding(nn.Module):
+    """Token embedding followed by LayerNorm, so token vectors start at unit scale.
+
+    Args:
+        num_embeddings: vocabulary size.  dim: width D.
+    """
+
+    def __init__(self, num_embeddings: int, dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_embeddings, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, ids: Tensor) -> Tensor:  # (B, T) long -> (B, T, D)
+        return self.norm(self.embedding(ids))
+
+
+# --------------------------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------------------------
+
+
+class KVCache(nn.Module):
+    """Static key/value buffers for one self-attention layer (gpt-fast style).
+
+    Buffers have a fixed shape so the one-step decode can be captured by CUDA graphs.
+
+    Args:
+        batch_size: B.  n_kv_heads: KVH.  max_len: cache length Tmax.  head_dim: hd.
+    """
+
+    def __init__(
+        self, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int,
+        dtype: torch.dtype, device: torch.device | str,
+    ) -> None:
+        super().__init__()
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write new keys/values at ``input_pos`` (T_new,) and return the full buffers.
+
+        Args:
+            k, v: (B, KVH, T_new, hd).
+        Returns:
+            k, v: (B, KVH, Tmax, hd); positions not yet written hold zeros and must be masked.
+        """
+        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
+        return self.k, self.v
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with grouped key/value heads, through SDPA.
+
+    Self-attention projects Q, K and V with one fused linear layer; cross-attention has a Q
+    projection and a fused KV projection of the memory, so the memory's K/V can be computed once
+    per utterance at inference (:meth:`project_kv`).
+
+    Args:
+        dim: model width D.  n_heads: H.  n_kv_heads: KVH (divides H; H == KVH is plain MHA).
+        dropout: attention-probability dropout.  cross: cross-attention if True.
+        kv_dim: width of the memory (cross-attention only; defaults to D).
+    """
+
+    def __init__(
+        self, dim: int, n_heads: int, n_kv_heads: int, dropout: float = 0.0,
+        cross: bool = False, kv_dim: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        if dim % n_heads or n_heads % n_kv_heads:
+            raise ValueError(f"need dim % n_heads == 0 and n_heads % n_kv_heads == 0, got {dim}, {n_heads}, {n_kv_heads}")
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.head_dim = dim // n_heads
+        self.dropout = dropout
+        self.cross = cross
+        kv_width = 2 * n_kv_heads * self.head_dim
+        if cross:
+            self.q_proj = nn.Linear(dim, dim)
+            self.kv_proj = nn.Linear(kv_dim or dim, kv_width)
+        else:
+            self.qkv_proj = nn.Linear(dim, dim + kv_width)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def _heads(self, x: Tensor, n: int) -> Tensor:  # (B, T, n*hd) -> (B, n, T, hd)
+        B, T, _ = x.shape
+        return x.view(B, T, n, self.head_dim).transpose(1, 2)
+
+    def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values of ``memory`` (B, S, Dm) -> two (B, KVH, S, hd)."""
+        k, v = self.kv_proj(memory).chunk(2, dim=-1)
+        return self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)
+
+    def forward(
+        self,
+        x: Tensor,
+        attn_mask: Optional[Tensor] = None,
+        is_causal: bool = False,
+        memory: Optional[Tensor] = None,
+        memory_kv: Optional[tuple[Tensor, Tensor]] = None,
+        cache: Optional[KVCache] = None,
+        input_pos: Optional[Tensor] = None,
+    ) -> Tensor:
+        """
+        Args:
+            x: (B, T, D) queries (and keys/values for self-attention).
+            attn_mask: SDPA mask broadcastable to (B, H, T, Tk), or None.
+            is_causal: use SDPA's built-in causal mask (no ``attn_mask``).
+            memory: (B, S, Dm) cross-attention memory, or ``memory_kv`` precomputed by
+                :meth:`project_kv`.
+            cache: self-attention KV cache; new keys/values are written at ``input_pos`` (T,).
+        Returns:
+            (B, T, D)
+        """
+        B, T, D = x.shape
+        if self.cross:
+            q = self._heads(self.q_proj(x), self.n_heads)
+            k, v = memory_kv if memory_kv is not None else self.project_kv(memory)
+        else:
+            kv_width = self.n_kv_heads * self.head_dim
+            q, k, v = self.qkv_proj(x).split([D, kv_width, kv_width], dim=-1)
+            q, k, v = self._heads(q, self.n_heads), self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)
+            if cache is not None:
+                k, v = cache.update(input_pos, k, v)
+        if self.n_kv_heads != self.n_heads:
+            # Expand grouped heads explicitly: works with every SDPA backend and mask type.
+            rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, H, T, hd)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+# --------------------------------------------------------------------------------------------
+# Feed-forward
+# --------------------------------------------------------------------------------------------
+
+ACTIVATIONS = ("relu", "gelu", "swiglu", "relu2")
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward block whose padded positions output exactly zero.
+
+    Args:
+        dim: D.  expansion: inner width = expansion·D (swiglu uses 2/3 of that per branch, so
+            the parameter count matches).  activation: one of relu, gelu, swiglu, relu2
+            (squared ReLU).  dropout: on the inner activations.
+    """
+
+    def __init__(self, dim: int, expansion: int, activation: str = "gelu", dropout: float = 0.0) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
+        self.activation = activation
+        inner = dim * expansion
+        if activation == "swiglu":
+            inner = max(8, int(2 * inner / 3) // 8 * 8)
+            self.w_in = nn.Linear(dim, 2 * inner)
+        else:
+            self.w_in = nn.Linear(dim, inner)
+        self.w_out = nn.Linear(inner, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def _act(self, h: Tensor) -> Tensor:
+        if self.activation == "relu":
+            return F.relu(h)
+        if self.activation == "gelu":
+            return F.gelu(h)
+        if self.activation == "relu2":
+            return F.relu(h).square()
+        gate, up = h.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    def forward(self, x: Tensor, pad: Optional[Tensor] = None) -> Tensor:
+        """x: (B, T, D); pad: (B, T) padding mask or None -> (B, T, D), zero where padded."""
+        y = self.w_out(self.drop(self._act(self.w_in(x))))
+        if pad is not None:
+            y = y.masked_fill(pad[..., None], 0.0)
+        return y
+
+
+# --------------------------------------------------------------------------------------------
+# Layers (pre-norm residual blocks)
+# --------------------------------------------------------------------------------------------
+
+
+class EncoderLayer(nn.Module):
+    """Bidirectional self-attention + feed-forward, pre-norm."""
+
+    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, expansion: int, activation: str, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MultiHeadAttention(dim, n_heads, n_kv_heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, expansion, activation, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor], pad: Optional[Tensor]) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), attn_mask))
+        return x + self.drop(self.ffn(self.norm2(x), pad))
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention to the text memory, feed-forward; pre-norm."""
+
+    def __init__(
+        self, dim: int, memory_dim: int, n_heads: int, n_kv_heads: int,
+        expansion: int, activation: str, dropout: float,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.self_attn = MultiHeadAttention(dim, n_heads, n_kv_heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.cross_attn = MultiHeadAttention(dim, n_heads, n_kv_heads, dropout, cross=True, kv_dim=memory_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, expansion, activation, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        self_mask: Optional[Tensor],
+        is_causal: bool,
+        cross_mask: Tensor,
+        pad: Optional[Tensor],
+        memory: Optional[Tensor] = None,
+        memory_kv: Optional[tuple[Tensor, Tensor]] = None,
+        cache: Optional[KVCache] = None,
+        input_pos: Optional[Tensor] = None,
+    ) -> Tensor:
+        """
+        Args:
+            x: (B, T, D) audio-token states.  cross_mask: (B, 1, 1, S) bool, True = valid text.
+            memory / memory_kv: text memory (B, S, Dm) or its precomputed cross K/V.
+            cache, input_pos: self-attention KV cache and the positions of ``x`` (one-step decode).
+        """
+        x = x + self.drop(self.self_attn(self.norm1(x), self_mask, is_causal, cache=cache, input_pos=input_pos))
+        x = x + self.drop(self.cross_attn(self.norm2(x), cross_mask, memory=memory, memory_kv=memory_kv))
+        return x + self.drop(self.ffn(self.norm3(x), pad))

@@ -1,0 +1,491 @@
+"""One validated config object per YAML file.
+
+Every YAML file is read into a tree of dataclasses (the *schema*). Reading checks, once:
+unknown keys, value types (YAML reads ``1e-6`` as a string, so a float field that receives a
+string is an error with a hint), allowed values, and cross-field consistency. Errors name the
+file, the dotted key, and what is allowed.
+
+    cfg = load_config("config/model.yaml", ["model.decoder.layer=8"])
+    cfg.model.decoder.layer  # -> 8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used as written."""
+
+
+# --------------------------------------------------------------------------------------------
+# Generic machinery
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return f"a list of {_type_name(inner)}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a float", bool: "true/false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against type ``tp``; return it converted (int -> float, dict -> dataclass)."""
+
+    def fail(extra: str = "") -> ConfigError:
+        return ConfigError(
+            f"{source}: '{key}' must be {_type_name(tp)}, got {value!r} "
+            f"({type(value).__name__}){extra}"
+        )
+
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key, source)
+            except ConfigError as e:
+                errors.append(e)
+        raise fail()
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise fail()
+        return value
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise fail()
+        return [_convert(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise fail()
+        return _build(tp, value, key, source)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail()
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            hint = ""
+            if isinstance(value, str):
+                hint = " (YAML reads 1e-6 as a string: write 1.0e-6)"
+            raise fail(hint)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail()
+        return value
+    raise TypeError(f"unsupported schema type {tp!r} for {key}")
+
+
+def _build(schema: type, raw: dict, prefix: str, source: str):
+    hints = typing.get_type_hints(schema)
+    names = [f.name for f in dataclasses.fields(schema)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        where = f"'{prefix}'" if prefix else "the top level"
+        raise ConfigError(
+            f"{source}: unknown key '{_join(prefix, unknown[0])}' in {where}; "
+            f"allowed keys: {', '.join(names)}"
+        )
+    kwargs = {k: _convert(v, hints[k], _join(prefix, k), source) for k, v in raw.items()}
+    obj = schema(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ConfigError as e:
+            where = f"'{prefix}'" if prefix else "top level"
+            raise ConfigError(f"{source}: {where}: {e}") from None
+    return obj
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def schema_has_key(schema: type, dotted: str) -> bool:
+    """True if ``dotted`` (e.g. ``"model.decoder.layer"``) names a field of ``schema``."""
+    tp: Any = schema
+    for part in dotted.split("."):
+        while typing.get_origin(tp) in (Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if not dataclasses.is_dataclass(tp):
+            return False
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            return False
+        tp = hints[part]
+    return True
+
+
+def apply_overrides(raw: dict, overrides: list[str], schema: type, source: str) -> dict:
+    """Apply ``"dotted.key=value"`` strings to a raw YAML dict (values parsed as YAML scalars)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like dotted.key=value")
+        dotted, text = item.split("=", 1)
+        dotted = dotted.strip()
+        if not schema_has_key(schema, dotted):
+            raise ConfigError(f"override '{item}': '{dotted}' is not a key of {source}")
+        node = raw
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = yaml.safe_load(text)
+    return raw
+
+
+def config_from_dict(schema: type, raw: dict, source: str = "<dict>"):
+    """Build and validate a config from a plain dict (e.g. one stored in a checkpoint)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    return _build(schema, raw, "", source)
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _read_yaml(path: str | os.PathLike) -> dict:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def load_config(path, overrides: Optional[list[str]] = None, schema: Optional[type] = None):
+    """Read a YAML file into its validated config object.
+
+    Args:
+        path: the YAML file.
+        overrides: ``"dotted.key=value"`` strings applied before validation.
+        schema: the dataclass to build; by default chosen from the file's top-level keys
+            (``model`` -> :class:`ModelConfig`, ``training``/``optimizer`` -> :class:`TrainConfig`).
+    """
+    raw = _read_yaml(path)
+    if schema is None:
+        schema = _guess_schema(raw, str(path))
+    apply_overrides(raw, list(overrides or []), schema, str(path))
+    return _build(schema, raw, "", str(path))
+
+
+def load_configs(
+    model_path, train_path, overrides: Optional[list[str]] = None
+) -> tuple[ModelConfig, TrainConfig]:
+    """Load the model and training configs, routing each override to the config that has its key."""
+    model_over, train_over = [], []
+    for item in overrides or []:
+        dotted = item.split("=", 1)[0].strip()
+        if schema_has_key(ModelConfig, dotted):
+            model_over.append(item)
+        elif schema_has_key(TrainConfig, dotted):
+            train_over.append(item)
+        else:
+            raise ConfigError(
+                f"override '{item}': '{dotted}' is a key of neither {model_path} nor {train_path}"
+            )
+    return (
+        load_config(model_path, model_over, ModelConfig),
+        load_config(train_path, train_over, TrainConfig),
+    )
+
+
+def _guess_schema(raw: dict, source: str) -> type:
+    if "model" in raw:
+        return ModelConfig
+    if "training" in raw or "optimizer" in raw:
+        return TrainConfig
+    raise ConfigError(
+        f"{source}: cannot tell which config this is; expected a 'model' section (model config) "
+        f"or 'training'/'optimizer' sections (training config)"
+    )
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+# --------------------------------------------------------------------------------------------
+# Model config (config/model.yaml)
+# --------------------------------------------------------------------------------------------
+
+Activation = Literal["relu", "gelu", "swiglu", "relu2"]
+
+
+@dataclass
+class EncoderConfig:
+    hidden: int = 256
+    head: int = 4
+    layer: int = 4
+    dropout: float = 0.1
+    forward_expansion: int = 4
+
+    def check(self) -> None:
+        _require(self.hidden > 0 and self.head > 0 and self.layer > 0, "hidden, head and layer must be positive")
+        _require(
+            self.hidden % self.head == 0,
+            f"hidden ({self.hidden}) must be divisible by head ({self.head})",
+        )
+        _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        _require(self.forward_expansion > 0, "forward_expansion must be positive")
+
+
+@dataclass
+class DecoderConfig(EncoderConfig):
+    layer: int = 4
+
+
+@dataclass
+class RefEncoderConfig:
+    """The small Transformer that turns a reference utterance's codec tokens into a speaker vector."""
+
+    hidden: int = 128
+    head: int = 2
+    layer: int = 2
+    dropout: float = 0.1
+    forward_expansion: int = 4
+
+    check = EncoderConfig.check
+
+
+@dataclass
+class ModelSection:
+    vocab_size: int = 100
+    codebook_size: int = 1000
+    mel_channels: int = 80
+    emotion_input_size: int = 768
+    emotion_hidden_sizes: list[int] = field(default_factory=lambda: [256])
+    emotion_channels: int = 256
+    speaker_channels: int = 32
+    multi_speaker: bool = False
+    n_speaker: int = 1
+    use_alibi: bool = True
+    alibi_alpha: float = 1.0
+    activation: Activation = "gelu"
+    vq_token_mode: bool = False
+    vq_vocab_size: int = 1000
+    ref_encoder: RefEncoderConfig = field(default_factory=RefEncoderConfig)
+    encoder_kv_heads: int = 4
+    decoder_kv_heads: int = 4
+    stop_head: bool = False
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+    def check(self) -> None:
+        for name in ("vocab_size", "codebook_size", "mel_channels", "emotion_input_size",
+                     "emotion_channels", "n_speaker"):
+            _require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        _require(self.speaker_channels >= 0, "speaker_channels must be >= 0")
+        _require(all(h > 0 for h in self.emotion_hidden_sizes), "emotion_hidden_sizes must be positive")
+        _require(
+            self.emotion_channels <= self.encoder.hidden,
+            f"emotion_channels ({self.emotion_channels}) must be <= encoder.hidden ({self.encoder.hidden})",
+        )
+        _require(self.alibi_alpha > 0, f"alibi_alpha must be > 0, got {self.alibi_alpha}")
+        for part, kv in (("encoder", self.encoder_kv_heads), ("decoder", self.decoder_kv_heads)):
+            heads = getattr(self, part).head
+            _require(
+                kv > 0 and heads % kv == 0,
+                f"{part}_kv_heads ({kv}) must divide {part}.head ({heads}); allowed: "
+                + ", ".join(str(d) for d in range(1, heads + 1) if heads % d == 0),
+            )
+        if self.multi_speaker:
+            _require(self.speaker_channels > 0, "multi_speaker needs speaker_channels > 0")
+        if self.vq_token_mode:
+            _require(self.speaker_channels > 0, "vq_token_mode needs speaker_channels > 0")
+            _require(
+                self.vq_vocab_size >= self.codebook_size,
+                f"vq_vocab_size ({self.vq_vocab_size}) must be >= codebook_size ({self.codebook_size}):"
+                " reference utterances are codec tokens",
+            )
+
+
+@dataclass
+class AudioConfig:
+    """The one shared audio definition (DESIGN.md): HiFi-GAN-style log-mel."""
+
+    sampling_rate: int = 22050
+    n_fft: int = 1024
+    hop_length: int = 256
+    win_length: int = 1024
+    n_mels: int = 80
+    fmin: float = 0.0
+    fmax: float = 8000.0
+
+    def check(self) -> None:
+        _require(self.win_length <= self.n_fft, "win_length must be <= n_fft")
+        _require(self.hop_length > 0 and self.n_mels > 0, "hop_length and n_mels must be positive")
+        _require(
+            0 <= self.fmin < self.fmax <= self.sampling_rate / 2,
+            f"need 0 <= fmin < fmax <= sampling_rate/2, got fmin={self.fmin}, fmax={self.fmax}",
+        )
+
+
+@dataclass
+class PreprocessingConfig:
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    trim_silence: bool = False
+    val_fraction: float = 0.02
+
+    def check(self) -> None:
+        _require(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
+
+
+@dataclass
+class DatasetConfig:
+    max_text_len: int = 400  # longer utterances are left out of training, with a count
+    max_audio_len: int = 1500  # codec tokens (~17 s at 86 tokens/s)
+    skip_invalid_files: bool = False  # false: a bad file is an error; true: skipped and counted
+
+    def check(self) -> None:
+        _require(self.max_text_len > 0 and self.max_audio_len > 0, "max lengths must be positive")
+
+
+@dataclass
+class ModelConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+
+    def check(self) -> None:
+        _require(
+            self.model.mel_channels == self.preprocessing.audio.n_mels,
+            f"model.mel_channels ({self.model.mel_channels}) must equal preprocessing.audio.n_mels "
+            f"({self.preprocessing.audio.n_mels})",
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Training config (config/train.yaml)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OptimizerConfig:
+    type: Literal["adamw", "adam"] = "adamw"
+    learning_rate: float = 1.0e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1.0e-8
+    weight_decay: float = 0.01
+
+    def check(self) -> None:
+        _require(self.learning_rate > 0, "learning_rate must be > 0")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two values in [0, 1)")
+
+
+@dataclass
+class SchedulerConfig:
+    type: Literal["warmup_cosine", "warmup_linear", "constant_with_warmup", "noam"] = "warmup_cosine"
+    warmup_steps: int = 1000
+    total_steps: Optional[int] = None  # defaults to training.max_steps, else epochs x steps/epoch
+    min_lr_ratio: float = 0.0  # floor of cosine/linear decay, as a fraction of learning_rate
+
+    def check(self) -> None:
+        _require(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        _require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]")
+
+
+@dataclass
+class LossConfig:
+    pos_weight: float = 5.0  # weight of the positive (stop) class in the stop-head BCE
+    stop_weight: float = 1.0  # weight of the stop-head term in the total
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = True
+    patience: int = 10  # validations without improvement before stopping
+    min_delta: float = 0.0
+    restore_best: bool = True
+
+
+@dataclass
+class WandbConfig:
+    project: str = "echolancer"
+    entity: Optional[str] = None
+    run_name: Optional[str] = None
+    mode: Literal["online", "offline", "disabled"] = "offline"
+    log_checkpoints: bool = True
+
+
+@dataclass
+class TrainingSection:
+    batch_size: int = 16
+    max_tokens: Optional[int] = None  # audio-token budget per batch (bucketed sampler)
+    epochs: int = 100
+    max_steps: Optional[int] = None
+    grad_acc_step: int = 1
+    grad_clip_thresh: float = 1.0
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    compile: bool = False
+    num_workers: int = 2
+    seed: int = 1234
+    log_step: int = 10
+    val_step: int = 1000
+    save_step: int = 1000
+    test_step: int = 2000
+    eval_step: Optional[int] = None
+    keep_last: int = 3
+    max_nonfinite_steps: int = 5
+    test_sentences: list[str] = field(default_factory=list)
+    test_speakers: list[int] = field(default_factory=lambda: [0])
+
+    def check(self) -> None:
+        _require(self.batch_size > 0, "batch_size must be > 0")
+        _require(self.grad_acc_step >= 1, "grad_acc_step must be >= 1")
+        _require(self.epochs >= 1, "epochs must be >= 1")
+        for name in ("log_step", "val_step", "save_step", "test_step", "keep_last"):
+            _require(getattr(self, name) > 0, f"{name} must be > 0")
+
+
+@dataclass
+class TrainConfig:
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
