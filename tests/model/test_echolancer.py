@@ -1,0 +1,162 @@
+"""Echolancer end-to-end behaviour: framing, causality, padding invariance, conditioning, dtypes."""
+
+import pytest
+import torch
+
+from model import Echolancer
+from utils.config import load_config
+
+TINY = "config/model_tiny.yaml"
+
+
+def make_model(*overrides: str, seed: int = 0) -> Echolancer:
+    torch.manual_seed(seed)
+    return Echolancer.from_config(load_config(TINY, list(overrides))).eval()
+
+
+def batch(model: Echolancer, B: int = 2, S: int = 9, T: int = 12, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    texts = torch.randint(2, 40, (B, S), generator=g)
+    src_lens = torch.tensor([S] + [S - 3] * (B - 1))
+    mels = torch.randint(0, model.codebook_size, (B, T), generator=g)
+    mel_lens = torch.tensor([T] + [T - 4] * (B - 1))
+    speakers = torch.arange(B) % model.cfg.n_speaker
+    em = torch.randn(B, model.cfg.emotion_input_size, generator=g)
+    return speakers, texts, src_lens, mels, mel_lens, em
+
+
+def test_special_ids_follow_the_codebook():
+    m = make_model()
+    assert (m.codebook_size, m.bos_id, m.eos_id, m.pad_id) == (1000, 1000, 1001, 1002)
+    assert m.head.out_features == m.n_vocab == 1003
+
+
+def test_framing_puts_eos_at_each_rows_length_and_pad_after():
+    m = make_model()
+    mels = torch.tensor([[5, 6, 7], [8, 9, m.pad_id]])
+    inputs, targets, tgt_pad = m.frame(mels, torch.tensor([3, 2]))
+    assert inputs.tolist() == [[m.bos_id, 5, 6, 7], [m.bos_id, 8, 9, m.pad_id]]
+    assert targets.tolist() == [[5, 6, 7, m.eos_id], [8, 9, m.eos_id, m.pad_id]]
+    assert tgt_pad.tolist() == [[False] * 4, [False, False, False, True]]
+
+
+def test_logits_have_one_more_position_than_audio_tokens():
+    m = make_model()
+    out = m(*batch(m, T=12)[:5])
+    assert out.logits.shape == (2, 13, m.n_vocab)
+
+
+@pytest.mark.parametrize("alibi", [True, False])
+def test_decoder_is_causal(alibi):
+    m = make_model(f"model.use_alibi={str(alibi).lower()}")
+    spk, texts, sl, mels, ml, em = batch(m, B=1, T=10)
+    ml = torch.tensor([10])
+    base = m(spk, texts, sl, mels, ml, em).logits
+    for k in (0, 4, 9):
+        changed = mels.clone()
+        changed[0, k] = (changed[0, k] + 1) % m.codebook_size
+        out = m(spk, texts, sl, changed, ml, em).logits
+        # token k is the decoder input at position k+1: logits at positions <= k cannot see it
+        assert torch.equal(out[:, : k + 1], base[:, : k + 1])
+        assert not torch.allclose(out[:, k + 1], base[:, k + 1])
+
+
+@pytest.mark.parametrize("alibi", [True, False])
+def test_extra_padding_changes_no_valid_logit(alibi):
+    m = make_model(f"model.use_alibi={str(alibi).lower()}")
+    spk, texts, sl, mels, ml, em = batch(m)
+    base = m(spk, texts, sl, mels, ml, em)
+    # append junk (not even pad ids) after every row's end, on both text and audio
+    texts2 = torch.cat([texts, torch.randint(2, 40, (2, 5))], 1)
+    mels2 = torch.cat([mels, torch.randint(0, 1000, (2, 7))], 1)
+    texts2[1, sl[1]:] = 33
+    mels2[1, ml[1]:] = 17
+    out = m(spk, texts2, sl, mels2, ml, em)
+    for b in range(2):
+        n = ml[b] + 1
+        assert torch.allclose(out.logits[b, :n], base.logits[b, :n], atol=1e-5)
+
+
+def test_model_without_alibi_is_not_position_blind():
+    m = make_model("model.use_alibi=false")
+    spk, texts, sl, _, _, em = batch(m, B=1)
+    sl = torch.tensor([texts.shape[1]])
+    perm = torch.randperm(texts.shape[1], generator=torch.Generator().manual_seed(0))
+    enc = m.encode(spk, texts, sl, em).memory
+    enc_perm = m.encode(spk, texts[:, perm], sl, em).memory
+    # a position-blind encoder would just permute its outputs
+    assert not torch.allclose(enc_perm, enc[:, perm], atol=1e-4)
+    # and the decoder distinguishes a repeated token at different positions
+    inputs = torch.tensor([[m.bos_id, 7, 7, 7, 7]])
+    h = m.decode(inputs, m.encode(spk, texts, sl, em))
+    assert not torch.allclose(h[0, 2], h[0, 3], atol=1e-4)
+
+
+def test_emotion_changes_output_but_never_erases_text():
+    m = make_model()
+    spk, texts, sl, _, _, em = batch(m)
+    same_em = em[:1].expand(2, -1)
+    same_text = texts[:1].expand(2, -1)
+    sl_same = sl[:1].expand(2)
+    a = m.encode(spk[:1].expand(2), same_text, sl_same, em).memory
+    assert not torch.allclose(a[0], a[1], atol=1e-4), "emotion had no effect"
+    b = m.encode(spk[:1].expand(2), texts, torch.tensor([9, 9]), same_em).memory
+    assert not torch.allclose(b[0], b[1], atol=1e-4), "two texts with one emotion gave one output"
+
+
+def test_speaker_ids_change_the_output_and_bad_ids_are_rejected():
+    m = make_model()
+    spk, texts, sl, mels, ml, em = batch(m, B=1)
+    a = m(torch.tensor([0]), texts, sl, mels, ml, em).logits
+    b = m(torch.tensor([3]), texts, sl, mels, ml, em).logits
+    assert not torch.allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        m(torch.tensor([4]), texts, sl, mels, ml, em)
+
+
+def test_reference_tokens_condition_the_vq_token_mode_model():
+    m = make_model("model.vq_token_mode=true", "model.multi_speaker=false")
+    spk, texts, sl, mels, ml, em = batch(m, B=1)
+    ref_a = torch.randint(0, 1000, (1, 15), generator=torch.Generator().manual_seed(3))
+    ref_b = torch.randint(0, 1000, (1, 15), generator=torch.Generator().manual_seed(4))
+    lens = torch.tensor([15])
+    a = m(None, texts, sl, mels, ml, em, vq_tokens=ref_a, vq_token_lens=lens).logits
+    b = m(None, texts, sl, mels, ml, em, vq_tokens=ref_b, vq_token_lens=lens).logits
+    assert not torch.allclose(a, b, atol=1e-5)
+    # padding after the reference's length is ignored
+    padded = torch.cat([ref_a, torch.full((1, 4), 999)], 1)
+    c = m(None, texts, sl, mels, ml, em, vq_tokens=padded, vq_token_lens=lens).logits
+    assert torch.allclose(a, c, atol=1e-5)
+    with pytest.raises(ValueError, match="vq_tokens"):
+        m(None, texts, sl, mels, ml, em)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("alibi", [True, False])
+def test_outputs_are_finite_under_autocast(dtype, alibi):
+    m = make_model(f"model.use_alibi={str(alibi).lower()}")
+    spk, texts, sl, mels, ml, em = batch(m)
+    with torch.autocast("cpu", dtype=dtype):
+        out = m(spk, texts, sl, mels, ml, em)
+    assert out.logits.dtype == dtype
+    assert torch.isfinite(out.logits.float()).all()
+
+
+@pytest.mark.parametrize("alibi", [True, False])
+def test_one_step_decode_with_cache_equals_full_decode(alibi):
+    m = make_model(f"model.use_alibi={str(alibi).lower()}")
+    spk, texts, sl, mels, ml, em = batch(m)
+    enc = m.encode(spk, texts, sl, em)
+    inputs = torch.cat([torch.full((2, 1), m.bos_id), mels], 1)
+    with torch.no_grad():
+        full, _ = m.project(m.decode(inputs, enc))
+        state = m.init_decode_state(enc, max_len=20)
+        steps = [m.decode_step(inputs[:, i : i + 1], torch.tensor([i]), state)[0] for i in range(inputs.shape[1])]
+    assert torch.allclose(torch.stack(steps, 1), full, atol=1e-5)
+
+
+def test_stop_head_produces_per_position_logits():
+    m = make_model("model.stop_head=true")
+    out = m(*batch(m)[:5])
+    assert out.stop_logits.shape == out.logits.shape[:2]
+    assert out.stop_targets.sum(1).tolist() == [1, 1]

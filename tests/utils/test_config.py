@@ -1,0 +1,101 @@
+"""Config files are validated once: unknown keys, wrong types and inconsistent settings are errors."""
+
+import pytest
+import yaml
+
+from utils.config import (
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    load_configs,
+)
+
+
+def write(tmp_path, data, name="model.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_shipped_configs_load():
+    cfg = load_config("config/model.yaml")
+    assert isinstance(cfg, ModelConfig)
+    assert cfg.model.codebook_size == 1000 and cfg.model.emotion_input_size == 768
+    assert cfg.preprocessing.audio.hop_length == 256
+    assert isinstance(load_config("config/model_tiny.yaml"), ModelConfig)
+
+
+def test_overrides_are_parsed_as_yaml_scalars():
+    cfg = load_config("config/model.yaml", ["model.decoder.layer=8", "model.use_alibi=false", "model.alibi_alpha=0.5"])
+    assert cfg.model.decoder.layer == 8 and cfg.model.use_alibi is False and cfg.model.alibi_alpha == 0.5
+
+
+def test_unknown_key_names_the_file_the_key_and_the_allowed_keys(tmp_path):
+    path = write(tmp_path, {"model": {"decoder": {"layers": 3}}})
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert str(path) in msg and "model.decoder.layers" in msg and "layer" in msg and "forward_expansion" in msg
+
+
+def test_float_written_as_1e_minus_6_is_a_clear_type_error(tmp_path):
+    path = write(tmp_path, "optimizer:\n  learning_rate: 1e-6\n", "train.yaml")
+    with pytest.raises(ConfigError, match=r"optimizer.learning_rate.*float.*1.0e-6"):
+        load_config(path)
+    ok = write(tmp_path, "optimizer:\n  learning_rate: 1.0e-6\n", "train2.yaml")
+    assert load_config(ok).optimizer.learning_rate == 1e-6
+
+
+def test_integer_is_accepted_where_a_float_is_expected_but_not_a_bool(tmp_path):
+    assert load_config(write(tmp_path, {"model": {"alibi_alpha": 2}})).model.alibi_alpha == 2.0
+    with pytest.raises(ConfigError, match="model.n_speaker"):
+        load_config(write(tmp_path, {"model": {"n_speaker": True}}))
+
+
+def test_choice_errors_list_allowed_values(tmp_path):
+    with pytest.raises(ConfigError, match=r"'relu', 'gelu', 'swiglu', 'relu2'"):
+        load_config(write(tmp_path, {"model": {"activation": "tanh"}}))
+
+
+@pytest.mark.parametrize(
+    "section, match",
+    [
+        ({"encoder": {"hidden": 250, "head": 4}}, r"hidden \(250\) must be divisible by head \(4\)"),
+        ({"decoder_kv_heads": 3}, r"decoder_kv_heads \(3\) must divide decoder.head \(4\); allowed: 1, 2, 4"),
+        ({"emotion_channels": 512}, r"emotion_channels \(512\) must be <= encoder.hidden \(256\)"),
+        ({"vq_token_mode": True, "vq_vocab_size": 10}, r"vq_vocab_size"),
+    ],
+)
+def test_inconsistent_settings_are_errors(tmp_path, section, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, {"model": section}))
+
+
+def test_override_of_unknown_key_is_an_error():
+    with pytest.raises(ConfigError, match="model.decoder.depth"):
+        load_config("config/model.yaml", ["model.decoder.depth=3"])
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        load_config("config/model.yaml", ["model.decoder.layer"])
+
+
+def test_load_configs_routes_overrides_to_the_config_that_has_the_key(tmp_path):
+    train = write(tmp_path, {"training": {"batch_size": 4}}, "train.yaml")
+    m, t = load_configs("config/model.yaml", train, ["model.decoder.layer=2", "training.batch_size=8"])
+    assert m.model.decoder.layer == 2 and t.training.batch_size == 8
+    assert isinstance(t, TrainConfig)
+    with pytest.raises(ConfigError, match="neither"):
+        load_configs("config/model.yaml", train, ["foo.bar=1"])
+
+
+def test_config_round_trips_through_a_plain_dict():
+    cfg = load_config("config/model_tiny.yaml")
+    again = config_from_dict(ModelConfig, config_to_dict(cfg))
+    assert again == cfg
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="not found.*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
