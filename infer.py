@@ -1,0 +1,246 @@
+"""Synthesise codec tokens (and, with the front ends, audio) from a trained Echolancer checkpoint.
+
+    python infer.py --checkpoint outputs/run/ckpt --text "Hello there." --output_dir out
+    python infer.py --checkpoint model.pt --text_file sentences.txt --batch_size 8 --temperature 0.8 --seed 1
+    python infer.py --checkpoint outputs/run/ckpt --text "Hello." --bert_model ./minilm \\
+        --pre_encoder_dir ./pre_encoder --istftnet_dir ./istftnet       # also writes 16-bit WAVs
+
+``--checkpoint`` is a checkpoint file or a ``ckpt/`` directory (its newest file); the checkpoint
+alone rebuilds the model, tokenizer and configs (``--model_config`` is only needed for a raw
+state dict). Synthesis goes through ``pipeline.py``, the one text -> BERT -> Echolancer ->
+pre-encoder -> vocoder chain shared with training and evaluation.
+
+Per sentence ``utt_NNNN`` it writes, under ``--output_dir``: ``utt_NNNN.tokens.npy/.pt`` (codec
+tokens, length L), ``utt_NNNN.gate.npy/.pt`` (stop probability per step), ``utt_NNNN.json``
+(text, normalised text, speaker, sampling settings, length, whether max_length was hit, time,
+tokens/s) and, when a pre-encoder is given, ``utt_NNNN.wav``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from model.pretrained import LoadedModel, load_echolancer
+from utils.checkpoint import CheckpointError
+from utils.config import ConfigError
+
+
+class InferError(ValueError):
+    """A user input infer.py cannot work with (the message says which and why)."""
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, or a ckpt/ directory (newest file)")
+    p.add_argument("--model_config", default=None, help="model YAML; only for raw state dicts")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a sentence to speak (repeat for several)")
+    src.add_argument("--text_file", help="UTF-8 file, one sentence per line (blank lines skipped)")
+    p.add_argument("--speaker_id", type=int, default=0, help="speaker id of a multi-speaker model")
+    p.add_argument("--reference_tokens", default=None,
+                   help="vq_token_mode models: a reference utterance's codec tokens (.npy or .pt, 1-D)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top_k", type=int, default=0, help="0 = off")
+    p.add_argument("--top_p", type=float, default=1.0, help="1.0 = off")
+    p.add_argument("--repetition_penalty", type=float, default=1.0, help="1.0 = off")
+    p.add_argument("--gate_threshold", type=float, default=0.5, help="stop-head models stop above this")
+    p.add_argument("--max_length", type=int, default=1000, help="most codec tokens per sentence (86.13 = 1 s)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--batch_size", type=int, default=8, help="sentences generated together")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--output_dir", default="outputs/infer")
+    p.add_argument("--bert_model", default=None, help="hub name or local dir of the BERT emotion front end")
+    p.add_argument("--pre_encoder_dir", default=None, help="exported pre-encoder (codec tokens -> mel)")
+    p.add_argument("--istftnet_dir", default=None, help="exported ISTFTNet vocoder (mel -> waveform)")
+    return p.parse_args(argv)
+
+
+def read_texts(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The sentences and, for error messages, where each came from."""
+    if args.text is not None:
+        texts = [t.strip() for t in args.text]
+        where = [f"--text #{i + 1}" for i in range(len(texts))]
+    else:
+        if not os.path.isfile(args.text_file):
+            raise InferError(f"--text_file {args.text_file}: file not found")
+        with open(args.text_file, encoding="utf-8") as f:
+            lines = [(n + 1, line.strip()) for n, line in enumerate(f)]
+        texts = [t for _, t in lines if t]
+        where = [f"{args.text_file} line {n}" for n, t in lines if t]
+    if not texts:
+        raise InferError("no text to speak: --text is empty or --text_file has only blank lines")
+    return texts, where
+
+
+def check_texts(loaded: LoadedModel, texts: list[str], where: list[str]) -> None:
+    """Fail before any model work when a sentence cannot be spoken."""
+    tok = loaded.tokenizer
+    for text, w in zip(texts, where):
+        ids = tok.encode(text)
+        if not tok.is_speakable(ids):
+            raise InferError(
+                f"{w}: {text!r} has no speakable characters after normalisation "
+                f"({tok.normalize_text(text)!r}); the tokenizer speaks letters a-z"
+            )
+        if len(ids) > loaded.model_config.dataset.max_text_len:
+            print(f"warning: {w} has {len(ids)} characters, more than the {loaded.model_config.dataset.max_text_len} "
+                  "the model was trained on; split long sentences for best results", file=sys.stderr)
+
+
+def check_speaker(loaded: LoadedModel, speaker_id: int) -> Optional[int]:
+    """The speaker id to pass (None for single-speaker models), or a clear error."""
+    m = loaded.model_config.model
+    if m.multi_speaker:
+        if not 0 <= speaker_id < m.n_speaker:
+            raise InferError(
+                f"--speaker_id {speaker_id} is not a speaker of this model: allowed ids are 0..{m.n_speaker - 1} "
+                f"(model.n_speaker = {m.n_speaker})"
+            )
+        return speaker_id
+    if speaker_id != 0:
+        raise InferError(f"--speaker_id {speaker_id}: this model is single-speaker (model.multi_speaker = false); use 0")
+    return None
+
+
+def load_reference(loaded: LoadedModel, path: Optional[str], device: torch.device) -> Optional[torch.Tensor]:
+    m = loaded.model_config.model
+    if not m.vq_token_mode:
+        if path is not None:
+            raise InferError("--reference_tokens is only for vq_token_mode models; this one is not")
+        return None
+    if path is None:
+        raise InferError("this model is in vq_token_mode: pass a reference utterance with --reference_tokens")
+    ref = torch.from_numpy(np.load(path)) if path.endswith(".npy") else torch.load(path, map_location="cpu", weights_only=True)
+    ref = torch.as_tensor(ref).long().reshape(-1)
+    if ref.numel() == 0 or bool((ref < 0).any() | (ref >= m.vq_vocab_size).any()):
+        raise InferError(f"--reference_tokens {path}: need a non-empty 1-D tensor of ids in [0, {m.vq_vocab_size})")
+    return ref.to(device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InferError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+    return device
+
+
+def save_wav(path: str, wav: np.ndarray, sample_rate: int) -> None:
+    import soundfile as sf  # imported here: token-only runs do not need it
+
+    sf.write(path, np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0), sample_rate, subtype="PCM_16")
+
+
+def write_utterance(out_dir: str, stem: str, utt, length: int, meta: dict) -> dict:
+    """Write one sentence's files; returns the metadata written."""
+    tokens = torch.as_tensor(utt.tokens).detach().cpu().long()[:length]
+    gate = torch.as_tensor(utt.gate).detach().cpu().float()
+    files = {}
+    for name, tensor in (("tokens", tokens), ("gate", gate)):
+        np.save(os.path.join(out_dir, f"{stem}.{name}.npy"), tensor.numpy())
+        torch.save(tensor.clone(), os.path.join(out_dir, f"{stem}.{name}.pt"))
+        files[name] = [f"{stem}.{name}.npy", f"{stem}.{name}.pt"]
+    if utt.wav is not None:
+        save_wav(os.path.join(out_dir, f"{stem}.wav"), utt.wav, utt.sample_rate)
+        files["wav"] = f"{stem}.wav"
+    meta = {**meta, "files": files}
+    with open(os.path.join(out_dir, f"{stem}.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2, ensure_ascii=False)
+    return meta
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Everything after argument parsing; returns the metadata of each sentence."""
+    texts, where = read_texts(args)
+    if args.batch_size < 1:
+        raise InferError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.istftnet_dir is not None and args.pre_encoder_dir is None:
+        raise InferError("--istftnet_dir needs --pre_encoder_dir: the vocoder speaks mels, the model codec tokens")
+    device = resolve_device(args.device)
+    loaded = load_echolancer(args.checkpoint, device=device, model_config_path=args.model_config)
+    speaker = check_speaker(loaded, args.speaker_id)
+    check_texts(loaded, texts, where)
+    reference = load_reference(loaded, args.reference_tokens, device)
+
+    from pipeline import build_synthesizer  # the one synthesis chain (imports the front ends)
+
+    synth = build_synthesizer(
+        loaded.model, loaded.tokenizer, bert_model=args.bert_model, pre_encoder_dir=args.pre_encoder_dir,
+        istftnet_dir=args.istftnet_dir, device=device,
+    )
+    sampling = {
+        "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty, "gate_threshold": args.gate_threshold,
+        "max_length": args.max_length, "seed": args.seed, "batch_size": args.batch_size,
+    }
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    audio = loaded.model_config.preprocessing.audio
+    tokens_per_second_of_audio = audio.sampling_rate / audio.hop_length
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    metas: list[dict] = []
+    for start in range(0, len(texts), args.batch_size):
+        batch = texts[start : start + args.batch_size]
+        gen_kwargs = {k: sampling[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty",
+                                                 "gate_threshold", "max_length")}
+        if reference is not None:
+            gen_kwargs["vq_tokens"] = reference[None].expand(len(batch), -1)
+            gen_kwargs["vq_token_lens"] = torch.full((len(batch),), reference.numel(), device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        utts = synth.synthesize(batch, None if speaker is None else [speaker] * len(batch),
+                                generator=generator, **gen_kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - t0
+        # Codec tokens are < codebook_size; PAD (if the pipeline keeps it) only follows them.
+        lengths = [int((torch.as_tensor(u.tokens) < loaded.model.codebook_size).sum()) for u in utts]
+        batch_tokens = sum(lengths)
+        for i, (utt, length) in enumerate(zip(utts, lengths)):
+            index = start + i
+            meta = {
+                "index": index,
+                "text": utt.text,
+                "normalized_text": utt.normalized_text,
+                "speaker": utt.speaker,
+                "checkpoint": loaded.path,
+                "checkpoint_step": loaded.step,
+                "sampling": sampling,
+                "length": length,
+                "audio_seconds": round(length / tokens_per_second_of_audio, 3),
+                "hit_max_length": bool(utt.hit_max_length),
+                "batch_time_s": round(elapsed, 4),
+                "batch_tokens_per_s": round(batch_tokens / elapsed, 2) if elapsed > 0 else None,
+                "real_time_factor": round(elapsed / max(batch_tokens / tokens_per_second_of_audio, 1e-9), 4),
+                "sample_rate": utt.sample_rate if utt.wav is not None else None,
+                "vocoder": utt.vocoder,
+            }
+            metas.append(write_utterance(args.output_dir, f"utt_{index:04d}", utt, length, meta))
+            flag = "  (hit max_length: no stop)" if meta["hit_max_length"] else ""
+            print(f"utt_{index:04d}: {length} tokens ({meta['audio_seconds']} s){flag}  {utt.text[:60]!r}")
+        print(f"batch of {len(batch)}: {batch_tokens} tokens in {elapsed:.2f} s = {batch_tokens / elapsed:.1f} tokens/s")
+    print(f"wrote {len(metas)} sentence(s) to {args.output_dir}")
+    return metas
+
+
+def main(argv: Optional[list[str]] = None) -> list[dict]:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (InferError, CheckpointError, ConfigError) as e:
+        # Expected user errors: one clear line, no traceback.
+        sys.exit(f"infer.py: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

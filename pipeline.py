@@ -1,0 +1,301 @@
+"""The one text-to-waveform chain: text -> BERT emotion -> Echolancer -> pre-encoder -> vocoder.
+
+``train.py``'s test interval, ``infer.py`` and ``evaluate.py`` all synthesise through
+:class:`Synthesizer`; none of them re-implements a stage.
+
+    synth = build_synthesizer(model, tokenizer, bert_model="path/to/bert",
+                              pre_encoder_dir="runs/pe/export", istftnet_dir="runs/voc/export")
+    for utt in synth.synthesize(["Hello there."], speakers=[0], temperature=0.0, max_length=600):
+        save_wav(f"{i}.wav", utt.wav, utt.sample_rate)
+
+Stages and layouts:
+    tokenizer   text -> ids (an unspeakable text is an error, not silence)
+    bert        texts -> (B, emotion_input_size) pooled vectors; zeros without a BERT
+    echolancer  Echolancer.infer -> tokens (B, T) with pad_id after each row's length
+    pre-encoder ScriptedPreEncoder.decode -> mel (B, T * downsample, C)
+    vocoder     mel transposed to (B, C, T) -> ISTFTNetFE -> wav (B, T * hop);
+                without a vocoder, Griffin-Lim (utils.audio) with a logged note
+A failing stage raises :class:`PipelineError` naming it. Component mismatches (BERT width,
+codebook size, audio settings) are errors when the synthesizer is built, not after generation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from utils.audio import check_same_audio, griffin_lim
+from utils.char_tokenizer import CharTokenizer
+from utils.config import AudioConfig
+
+log = logging.getLogger(__name__)
+
+
+class PipelineError(RuntimeError):
+    """A stage of the chain failed; ``stage`` names it (tokenizer, bert, echolancer, pre-encoder, vocoder)."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"[{stage}] {message}")
+        self.stage = stage
+
+
+@dataclass
+class Utterance:
+    """One synthesised sentence.
+
+    tokens: (T,) long codec tokens (EOS and PAD stripped).  gate: (T,) float stop probability per
+    generated token.  mel: (T * downsample, C) log-mel or None (no pre-encoder).  wav: (N,) float32
+    in [-1, 1] or None, N = T * downsample * hop.  vocoder: "istftnet", "griffin_lim" or None.
+    """
+
+    text: str
+    normalized_text: str
+    speaker: Optional[int]
+    tokens: Tensor
+    gate: Tensor
+    hit_max_length: bool
+    mel: Optional[Tensor]
+    wav: Optional[np.ndarray]
+    sample_rate: int
+    vocoder: Optional[str]
+
+
+class Synthesizer:
+    """Chains the stages; see the module docstring.
+
+    Args:
+        model: an ``Echolancer`` (left on its device and in its train/eval mode).
+        tokenizer: the ``CharTokenizer`` the model was trained with.
+        bert: a ``BERTFrontEnd`` or None (zero emotion vectors).
+        pre_encoder: a ``ScriptedPreEncoder`` or None (tokens only).
+        vocoder: an ``ISTFTNetFE`` or None (Griffin-Lim when a pre-encoder is present).
+        audio: the audio settings of the model's data (``ModelConfig.preprocessing.audio``);
+            default: the shared settings.
+        device: where BERT vectors and mels are computed (the model keeps its own device).
+        griffin_lim_iters: iterations of the Griffin-Lim fallback.
+    """
+
+    def __init__(self, model, tokenizer: CharTokenizer, bert=None, pre_encoder=None, vocoder=None,
+                 audio: Optional[AudioConfig] = None, device: Union[str, torch.device] = "cpu",
+                 griffin_lim_iters: int = 32) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.bert = bert
+        self.pre_encoder = pre_encoder
+        self.vocoder = vocoder
+        self.audio = audio if audio is not None else AudioConfig()
+        self.device = torch.device(device)
+        self.griffin_lim_iters = griffin_lim_iters
+        self._noted_griffin_lim = False
+        cfg = model.cfg
+        if tokenizer.vocab_size > cfg.vocab_size:
+            raise PipelineError("tokenizer", f"tokenizer has {tokenizer.vocab_size} symbols but the model's "
+                                             f"vocab_size is {cfg.vocab_size}")
+        if bert is not None:
+            try:
+                bert.check_width(cfg.emotion_input_size)
+            except ValueError as e:
+                raise PipelineError("bert", str(e)) from e
+        if pre_encoder is not None:
+            if pre_encoder.codebook_size != model.codebook_size:
+                raise PipelineError("pre-encoder", f"{pre_encoder.model_dir}: codebook size {pre_encoder.codebook_size} "
+                                    f"(fsq_levels {pre_encoder.fsq_levels}) differs from the model's "
+                                    f"codebook_size {model.codebook_size}")
+            if pre_encoder.mel_channels != cfg.mel_channels:
+                raise PipelineError("pre-encoder", f"{pre_encoder.model_dir}: {pre_encoder.mel_channels} mel channels, "
+                                    f"the model config says mel_channels {cfg.mel_channels}")
+            try:
+                check_same_audio(self.audio, pre_encoder.audio, f"pre-encoder {pre_encoder.model_dir}")
+            except ValueError as e:
+                raise PipelineError("pre-encoder", str(e)) from e
+        if vocoder is not None:
+            if pre_encoder is None:
+                raise PipelineError("vocoder", "a vocoder needs mels: pass a pre-encoder too")
+            if vocoder.audio is None:
+                raise PipelineError("vocoder", "the vocoder's audio settings are unknown")
+            try:
+                check_same_audio(self.audio, vocoder.audio, "ISTFTNet vocoder")
+            except ValueError as e:
+                raise PipelineError("vocoder", str(e)) from e
+
+    @property
+    def sample_rate(self) -> int:
+        return self.audio.sampling_rate
+
+    @property
+    def vocoder_name(self) -> Optional[str]:
+        if self.pre_encoder is None:
+            return None
+        return "istftnet" if self.vocoder is not None else "griffin_lim"
+
+    # ---- stages -----------------------------------------------------------------------------------
+
+    def _tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor, list[str]]:
+        """-> text ids (B, S) padded with the tokenizer's pad id, lengths (B,), normalised texts."""
+        rows, normalized = [], []
+        for text in texts:
+            norm = self.tokenizer.normalize_text(text)
+            ids = self.tokenizer.encode(text)
+            if not ids or not self.tokenizer.is_speakable(ids):
+                raise ValueError(f"{text!r} has nothing speakable after normalisation ({norm!r})")
+            rows.append(ids)
+            normalized.append(norm)
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        ids = torch.full((len(rows), int(lengths.max())), self.tokenizer.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        return ids, lengths, normalized
+
+    def _emotion(self, texts: list[str]) -> Tensor:
+        if self.bert is None:
+            return torch.zeros(len(texts), self.model.cfg.emotion_input_size)
+        return self.bert(texts).float()
+
+    def _speakers(self, speakers: Optional[list[int]], n: int) -> Optional[Tensor]:
+        multi = self.model.cfg.multi_speaker
+        if speakers is None:
+            return torch.zeros(n, dtype=torch.long) if multi else None
+        if len(speakers) != n:
+            raise ValueError(f"got {len(speakers)} speaker ids for {n} texts")
+        if not multi and any(s != 0 for s in speakers):
+            raise ValueError(f"the model is single-speaker; speaker ids must be 0, got {speakers}")
+        return torch.tensor(speakers, dtype=torch.long) if multi else None
+
+    def _to_wav(self, mels: Tensor, frames: Tensor) -> list[np.ndarray]:
+        """mels (B, T, C) with valid frames per row -> waveforms of frames * hop samples."""
+        hop = self.audio.hop_length
+        if self.vocoder is not None:
+            wav = self.vocoder(mels.transpose(1, 2).to(self.vocoder.device))  # the vocoder speaks (B, C, T)
+            return [wav[b, : int(frames[b]) * hop].float().cpu().numpy() for b in range(len(frames))]
+        if not self._noted_griffin_lim:
+            log.warning("no vocoder given: inverting mels with Griffin-Lim (%d iterations), a reference "
+                        "rather than a vocoder; pass an ISTFTNet export for real audio", self.griffin_lim_iters)
+            self._noted_griffin_lim = True
+        out = []
+        for b in range(len(frames)):  # one row at a time: the padding must not leak into the phase
+            n = int(frames[b])
+            if n == 0:
+                out.append(np.zeros(0, dtype=np.float32))
+                continue
+            wav = griffin_lim(mels[b, :n].T.float().cpu(), self.audio, n_iter=self.griffin_lim_iters)
+            out.append(wav.clamp(-1.0, 1.0).numpy())
+        return out
+
+    @torch.no_grad()
+    def synthesize(self, texts: list[str], speakers: Optional[list[int]] = None, **gen_kwargs: Any) -> list[Utterance]:
+        """Synthesise a batch of texts.
+
+        Args:
+            texts: B sentences.  speakers: B speaker ids (multi-speaker models; default 0).
+            gen_kwargs: passed to ``Echolancer.infer`` (max_length, temperature, top_k, top_p,
+                generator, ...).
+        Returns:
+            B :class:`Utterance` objects, in order.
+        """
+        if isinstance(texts, str) or not texts:
+            raise ValueError("synthesize: texts must be a non-empty list of strings")
+        model_dev = next(self.model.parameters()).device
+        try:
+            ids, src_lens, normalized = self._tokenize(list(texts))
+        except ValueError as e:
+            raise PipelineError("tokenizer", str(e)) from e
+        try:
+            spk = self._speakers(speakers, len(texts))
+        except ValueError as e:
+            raise PipelineError("echolancer", str(e)) from e
+        try:
+            em = self._emotion(list(texts))
+        except Exception as e:
+            raise PipelineError("bert", f"{type(e).__name__}: {e}") from e
+        try:
+            res = self.model.infer(
+                None if spk is None else spk.to(model_dev), ids.to(model_dev), src_lens.to(model_dev),
+                em_hidden=em.to(model_dev), **gen_kwargs,
+            )
+        except Exception as e:
+            raise PipelineError("echolancer", f"{type(e).__name__}: {e}") from e
+        lengths = res.lengths.cpu()
+        tokens = res.tokens.cpu()
+
+        mels: Optional[Tensor] = None
+        frames = lengths
+        if self.pre_encoder is not None and tokens.shape[1] > 0:
+            try:
+                clean = tokens.masked_fill(torch.arange(tokens.shape[1])[None] >= lengths[:, None], 0)
+                mels = self.pre_encoder.decode(clean, lengths).float()
+                frames = lengths * self.pre_encoder.downsample
+            except Exception as e:
+                raise PipelineError("pre-encoder", f"{type(e).__name__}: {e}") from e
+        wavs: list[Optional[np.ndarray]] = [None] * len(texts)
+        if mels is not None:
+            try:
+                wavs = self._to_wav(mels, frames)
+            except Exception as e:
+                raise PipelineError("vocoder", f"{type(e).__name__}: {e}") from e
+        elif self.pre_encoder is not None:  # every row stopped at once: empty audio, not an error
+            wavs = [np.zeros(0, dtype=np.float32) for _ in texts]
+
+        out = []
+        for b, text in enumerate(texts):
+            n = int(lengths[b])
+            mel = None
+            if self.pre_encoder is not None:
+                mel = mels[b, : int(frames[b])].cpu() if mels is not None else torch.zeros(0, self.audio.n_mels)
+            out.append(Utterance(
+                text=text, normalized_text=normalized[b], speaker=None if spk is None else int(spk[b]),
+                tokens=tokens[b, :n].clone(), gate=res.gate[b, :n].float().cpu(),
+                hit_max_length=bool(res.hit_max_length[b]), mel=mel, wav=wavs[b],
+                sample_rate=self.sample_rate, vocoder=self.vocoder_name,
+            ))
+        return out
+
+
+def build_synthesizer(model, tokenizer: CharTokenizer, bert_model=None, pre_encoder_dir=None, istftnet_dir=None,
+                      device: Union[str, torch.device] = "cpu", audio: Optional[AudioConfig] = None) -> Synthesizer:
+    """Load the front ends and build a :class:`Synthesizer`.
+
+    Args:
+        model, tokenizer: the Echolancer and its tokenizer.
+        bert_model: hub name / local directory of a ``transformers`` encoder, a loaded
+            ``BERTFrontEnd``, or None.
+        pre_encoder_dir: an exported pre-encoder directory (or a loaded ``ScriptedPreEncoder``), or None.
+        istftnet_dir: an exported ISTFTNet directory (or a loaded ``ISTFTNetFE``), or None.
+        device: where the front ends run.  audio: the model's audio settings (default: shared).
+    """
+    bert = pre = voc = None
+    if bert_model is not None:
+        if isinstance(bert_model, str):
+            from bertfe import BERTFrontEnd
+
+            try:
+                bert = BERTFrontEnd(bert_model, device=device)
+            except Exception as e:
+                raise PipelineError("bert", f"{type(e).__name__}: {e}") from e
+        else:
+            bert = bert_model
+    if pre_encoder_dir is not None:
+        if isinstance(pre_encoder_dir, (str, bytes)) or hasattr(pre_encoder_dir, "__fspath__"):
+            from scripted_preencoder import ScriptedPreEncoder
+
+            try:
+                pre = ScriptedPreEncoder(pre_encoder_dir, device=device)
+            except Exception as e:
+                raise PipelineError("pre-encoder", f"{type(e).__name__}: {e}") from e
+        else:
+            pre = pre_encoder_dir
+    if istftnet_dir is not None:
+        if isinstance(istftnet_dir, (str, bytes)) or hasattr(istftnet_dir, "__fspath__"):
+            from istftnetfe import ISTFTNetFE
+
+            try:
+                voc = ISTFTNetFE.load_ts(istftnet_dir, device)
+            except Exception as e:
+                raise PipelineError("vocoder", f"{type(e).__name__}: {e}") from e
+        else:
+            voc = istftnet_dir
+    return Synthesizer(model, tokenizer, bert=bert, pre_encoder=pre, vocoder=voc, audio=audio, device=device)

@@ -1,0 +1,528 @@
+"""Recordings -> Echolancer training files, with a QA report.
+
+    python preprocess.py --input_dir DATASET --output_dir OUT --pre_encoder_dir DIR \
+        [--config config/model.yaml] [--bert_model NAME_OR_PATH] [--val_fraction 0.02] [--workers N]
+
+Inputs (``--layout auto`` tells them apart):
+
+* ``ljspeech``: ``DATASET/wavs/<id>.wav`` and ``DATASET/metadata.csv`` with rows
+  ``id|text|normalized text`` (the normalised column may be empty; then ``text`` is used).
+* ``speaker_column``: the same, with a speaker column: ``id|speaker|text|normalized text``.
+* ``speaker_folders``: one folder per speaker, each in the LJSpeech layout
+  (``DATASET/<speaker>/wavs``, ``DATASET/<speaker>/metadata.csv``).
+
+Outputs:
+
+* ``OUT/train/*.pt``, ``OUT/val/*.pt``: one dict per utterance, exactly the dataset format:
+  ``text`` (1-D long, tokenizer ids), ``mel`` (1-D long pre-encoder tokens in
+  ``[0, codebook_size)``), ``speaker`` (int), and ``emotion`` (1-D float32 BERT sentence vector)
+  when ``--bert_model`` is given.
+* ``OUT/speakers.json`` (speaker name -> id; ids never change on a rerun), ``OUT/tokenizer.json``,
+  ``OUT/manifest.jsonl`` (one line per finished utterance), ``OUT/qa_report.json``.
+
+Audio of any rate and channel count is converted to the model's audio settings (torchaudio
+resampling, channels averaged) and turned into log-mels by ``utils.audio.mel_spectrogram``, the
+function the pre-encoder and vocoder were trained with. Silence trimming is off by default, so a
+clip of N samples gives N // hop tokens.
+
+The split is deterministic: utterances are ordered by a hash of their key and the first
+``val_fraction`` of them (at least one) go to ``val``. Reruns skip every utterance whose ``.pt``
+already exists (files are written under a temporary name and renamed, so an interrupted run
+leaves no half-written file) and never rewrite it. Per-file problems (missing or unreadable WAV,
+empty or unspeakable text, a CSV row with the wrong number of fields) are reported with the file
+and line, counted, and the run ends with a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from utils.audio import check_same_audio, load_wav, mel_spectrogram
+from utils.char_tokenizer import CharTokenizer
+from utils.config import AudioConfig, ConfigError, load_config
+
+LAYOUTS = ("auto", "ljspeech", "speaker_column", "speaker_folders")
+FIELDS = {"ljspeech": 3, "speaker_column": 4}  # columns of a metadata.csv row per layout
+
+
+@dataclass
+class Row:
+    """One utterance listed in a metadata file.
+
+    ``key`` names the output file (``<key>.pt``): the id, prefixed with the speaker folder in the
+    multi-speaker layouts so ids may repeat across speakers.
+    """
+
+    key: str
+    speaker: str
+    text: str  # what the tokenizer reads: the normalised column, else the raw text
+    raw_text: str  # what BERT reads (case and punctuation carry emotion)
+    wav_path: str
+    source: str  # "metadata.csv:12", for error messages
+
+
+@dataclass
+class Problem:
+    where: str  # file and line (or file)
+    kind: str  # csv_fields, missing_wav, unreadable_wav, empty_text, unspeakable_text, ...
+    message: str
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the dataset's metadata
+# --------------------------------------------------------------------------------------------
+
+
+def read_metadata(csv_path: str, layout: str, speaker: Optional[str], key_prefix: str) -> tuple[list[Row], list[Problem]]:
+    """Rows of one ``metadata.csv`` (``|``-separated, no header, no quoting, as LJSpeech)."""
+    n_fields = FIELDS[layout]
+    wav_dir = os.path.join(os.path.dirname(csv_path), "wavs")
+    rows, problems = [], []
+    with open(csv_path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.rstrip("\n").rstrip("\r")
+            if not line.strip():
+                continue
+            where = f"{csv_path}:{line_no}"
+            fields = line.split("|")
+            if len(fields) != n_fields:
+                expected = "id|text|normalized text" if n_fields == 3 else "id|speaker|text|normalized text"
+                problems.append(Problem(where, "csv_fields", f"{len(fields)} fields, expected {n_fields} ({expected})"))
+                continue
+            utt_id = fields[0].strip()
+            spk = fields[1].strip() if layout == "speaker_column" else speaker
+            text, norm = fields[-2].strip(), fields[-1].strip()
+            if not utt_id or not spk:
+                problems.append(Problem(where, "csv_fields", "empty id or speaker field"))
+                continue
+            key = f"{key_prefix}{utt_id}" if layout != "speaker_column" else f"{spk}_{utt_id}"
+            rows.append(Row(key, spk, norm or text, text or norm, os.path.join(wav_dir, utt_id + ".wav"), where))
+    return rows, problems
+
+
+def detect_layout(input_dir: str) -> str:
+    """``speaker_folders`` without a top-level metadata.csv, else by the most common field count."""
+    csv_path = os.path.join(input_dir, "metadata.csv")
+    if not os.path.isfile(csv_path):
+        if any(os.path.isfile(os.path.join(input_dir, d, "metadata.csv")) for d in os.listdir(input_dir)):
+            return "speaker_folders"
+        raise ConfigError(
+            f"{input_dir}: no metadata.csv, and no speaker folders with one; expected wavs/ + metadata.csv "
+            "(LJSpeech) or one folder per speaker, each with wavs/ + metadata.csv"
+        )
+    with open(csv_path, encoding="utf-8") as f:
+        counts = Counter(len(line.split("|")) for line in f if line.strip())
+    common = counts.most_common(1)[0][0] if counts else 3
+    return "speaker_column" if common == 4 else "ljspeech"
+
+
+def discover(input_dir: str, layout: str = "auto") -> tuple[str, list[Row], list[Problem]]:
+    """Every utterance of the dataset, the layout used, and the metadata problems found."""
+    if not os.path.isdir(input_dir):
+        raise ConfigError(f"--input_dir {input_dir}: not a directory")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"--layout {layout!r}: allowed values are {', '.join(LAYOUTS)}")
+    if layout == "auto":
+        layout = detect_layout(input_dir)
+    if layout == "speaker_folders":
+        rows, problems = [], []
+        for name in sorted(os.listdir(input_dir)):
+            csv_path = os.path.join(input_dir, name, "metadata.csv")
+            if os.path.isfile(csv_path):
+                r, p = read_metadata(csv_path, "ljspeech", name, f"{name}_")
+                rows += r
+                problems += p
+    else:
+        csv_path = os.path.join(input_dir, "metadata.csv")
+        if not os.path.isfile(csv_path):
+            raise ConfigError(f"{input_dir}: layout {layout} needs {csv_path}")
+        single = os.path.basename(os.path.normpath(input_dir)) or "speaker"
+        rows, problems = read_metadata(csv_path, layout, single, "")
+    # Keys name files: two rows with the same key would overwrite each other.
+    seen: dict[str, str] = {}
+    unique = []
+    for row in rows:
+        if row.key in seen:
+            problems.append(Problem(row.source, "duplicate_id", f"id {row.key!r} already listed at {seen[row.key]}"))
+            continue
+        seen[row.key] = row.source
+        unique.append(row)
+    return layout, unique, problems
+
+
+def split_keys(keys: list[str], val_fraction: float) -> set[str]:
+    """The validation keys: the first ``val_fraction`` (at least one) in hash order.
+
+    Hash order does not depend on listing order, so the same corpus always splits the same way.
+    """
+    if val_fraction <= 0 or len(keys) < 2:
+        return set()
+    n_val = max(1, round(len(keys) * val_fraction))
+    ordered = sorted(keys, key=lambda k: hashlib.sha1(k.encode("utf-8")).hexdigest())
+    return set(ordered[:n_val])
+
+
+def speaker_ids(out_dir: str, names: list[str]) -> dict[str, int]:
+    """Speaker name -> id, extending ``OUT/speakers.json`` so ids of finished files stay valid."""
+    path = os.path.join(out_dir, "speakers.json")
+    mapping: dict[str, int] = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            mapping = {str(k): int(v) for k, v in json.load(f).items()}
+    for name in sorted(set(names)):
+        if name not in mapping:
+            mapping[name] = len(mapping)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(mapping, f, indent=1)
+    return mapping
+
+
+# --------------------------------------------------------------------------------------------
+# Audio: loading, optional trimming, mels (runs in DataLoader workers)
+# --------------------------------------------------------------------------------------------
+
+
+def trim_silence(wav: torch.Tensor, audio: AudioConfig, top_db: float = 40.0) -> torch.Tensor:
+    """Cut leading and trailing frames quieter than ``top_db`` below the loudest frame.
+
+    Frame energy is the RMS over windows of ``win_length`` samples taken every ``hop_length``.
+    """
+    if wav.numel() < audio.win_length:
+        return wav
+    frames = wav.unfold(0, audio.win_length, audio.hop_length)
+    db = 20.0 * torch.log10(frames.pow(2).mean(dim=1).sqrt().clamp(min=1.0e-8))
+    loud = torch.nonzero(db > db.max() - top_db).flatten()
+    start = int(loud[0]) * audio.hop_length
+    end = min(wav.numel(), int(loud[-1]) * audio.hop_length + audio.win_length)
+    return wav[start:end]
+
+
+class AudioRows(Dataset):
+    """Loads each row's WAV and computes its log-mel; a failure becomes an ``error`` string."""
+
+    def __init__(self, rows: list[Row], audio: AudioConfig, trim: bool) -> None:
+        self.rows, self.audio, self.trim = rows, audio, trim
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows[i]
+        if not os.path.isfile(row.wav_path):
+            return {"index": i, "kind": "missing_wav", "error": f"{row.wav_path}: file not found"}
+        try:
+            wav = load_wav(row.wav_path, self.audio.sampling_rate)
+            if self.trim:
+                wav = trim_silence(wav, self.audio)
+            mel = mel_spectrogram(wav, self.audio)[0].T.contiguous()  # (T, n_mels)
+        except Exception as e:  # corrupt headers, unsupported formats, clips too short for one frame
+            return {"index": i, "kind": "unreadable_wav", "error": f"{row.wav_path}: {type(e).__name__}: {e}"}
+        return {"index": i, "mel": mel, "seconds": wav.numel() / self.audio.sampling_rate}
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers each do one clip at a time; the main process encodes
+
+
+# --------------------------------------------------------------------------------------------
+# QA statistics
+# --------------------------------------------------------------------------------------------
+
+
+def distribution(values: dict[str, float], high_only: bool = False) -> dict:
+    """Summary statistics and outliers of ``values``.
+
+    Outliers lie beyond 3 IQR outside the quartiles (Tukey's "far out" fence): in a corpus of
+    thousands of clips that lists broken ones (a wrong transcript, a truncated file), not the tails.
+
+    Args:
+        values: utterance key -> value.
+        high_only: list only outliers above the upper fence (for errors, where low is good).
+    """
+    if not values:
+        return {"count": 0}
+    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    q = torch.quantile(t, torch.tensor([0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0], dtype=torch.float64)).tolist()
+    iqr = q[4] - q[2]
+    lo, hi = q[2] - 3.0 * iqr, q[4] + 3.0 * iqr
+    outliers = sorted(
+        ({"key": k, "value": round(v, 4)} for k, v in values.items() if v > hi or (not high_only and v < lo)),
+        key=lambda o: -abs(o["value"] - q[3]),
+    )
+    names = ("min", "p05", "p25", "median", "p75", "p95", "max")
+    stats = {n: round(x, 4) for n, x in zip(names, q)}
+    return {"count": len(values), "mean": round(float(t.mean()), 4), **stats,
+            "fences": [round(lo, 4), round(hi, 4)], "outliers": outliers}
+
+
+def _where_order(p: Problem) -> tuple[str, int]:
+    """Sort problems by file, then line number ("metadata.csv:12" -> ("metadata.csv", 12))."""
+    path, _, line = p.where.rpartition(":")
+    return (path, int(line)) if line.isdigit() else (p.where, 0)
+
+
+def build_report(records: list[dict], problems: list[Problem], unknown: Counter, speakers: dict[str, int],
+                 layout: str, skipped: int) -> dict:
+    """The QA report: hours per speaker, distributions with outliers, unmappable characters, errors."""
+    per_speaker: dict[str, dict] = {}
+    for r in records:
+        s = per_speaker.setdefault(r["speaker"], {"id": r["speaker_id"], "utterances": 0, "hours": 0.0})
+        s["utterances"] += 1
+        s["hours"] += r["seconds"] / 3600.0
+    for s in per_speaker.values():
+        s["hours"] = round(s["hours"], 5)
+    mel_err = {r["key"]: r["mel_l1"] for r in records if r.get("mel_l1") is not None}
+    return {
+        "layout": layout,
+        "utterances": {"train": sum(r["split"] == "train" for r in records),
+                       "val": sum(r["split"] == "val" for r in records),
+                       "skipped_existing": skipped, "errors": len(problems)},
+        "total_hours": round(sum(r["seconds"] for r in records) / 3600.0, 5),
+        "speakers": per_speaker,
+        "speaker_ids": speakers,
+        "duration_seconds": distribution({r["key"]: r["seconds"] for r in records}),
+        "chars_per_second": distribution({r["key"]: r["chars"] / max(r["seconds"], 1e-6) for r in records}),
+        "unmappable_characters": dict(unknown.most_common()),
+        # Mean |log-mel - decode(encode(log-mel))| per utterance, in nats; high = codec struggles.
+        "preencoder_mel_l1": {**distribution(mel_err, high_only=True), "per_utterance": mel_err},
+        "error_counts": dict(Counter(p.kind for p in problems)),
+        "errors": [asdict(p) for p in sorted(problems, key=_where_order)],
+    }
+
+
+def print_report(report: dict, out_dir: str, max_lines: int = 10) -> None:
+    u = report["utterances"]
+    print(f"\n== preprocess: {out_dir} ({report['layout']} layout) ==")
+    print(f"utterances: {u['train']} train, {u['val']} val ({u['skipped_existing']} already done, kept); "
+          f"{u['errors']} problems; {report['total_hours'] * 60:.2f} min of audio")
+    for name, s in report["speakers"].items():
+        print(f"  speaker {s['id']:>3} {name}: {s['utterances']} utterances, {s['hours'] * 60:.2f} min")
+    for title, key in (("duration (s)", "duration_seconds"), ("chars/s", "chars_per_second"),
+                       ("pre-encoder round-trip mel L1", "preencoder_mel_l1")):
+        d = report[key]
+        if d["count"]:
+            print(f"{title}: min {d['min']:.3f}  median {d['median']:.3f}  p95 {d['p95']:.3f}  max {d['max']:.3f}"
+                  f"  ({len(d['outliers'])} outliers{': ' if d['outliers'] else ''}"
+                  + ", ".join(f"{o['key']}={o['value']}" for o in d["outliers"][:5]) + ")")
+    if report["unmappable_characters"]:
+        print("characters the tokenizer cannot map: "
+              + ", ".join(f"{c!r} x{n}" for c, n in report["unmappable_characters"].items()))
+    if report["errors"]:
+        print(f"problems ({', '.join(f'{k}: {n}' for k, n in report['error_counts'].items())}):")
+        for p in report["errors"][:max_lines]:
+            print(f"  {p['where']}: {p['message']}")
+        if len(report["errors"]) > max_lines:
+            print(f"  ... and {len(report['errors']) - max_lines} more in qa_report.json")
+    print(f"report: {os.path.join(out_dir, 'qa_report.json')}")
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+def _save_atomic(obj: dict, path: str) -> None:
+    tmp = path + ".part"  # not *.pt: the dataset never lists a half-written file
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _load_manifest(path: str) -> dict[str, dict]:
+    records = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    records[r["key"]] = r
+    return records
+
+
+def _record_from_file(path: str, row: Row, split: str, spk_id: int, audio: AudioConfig) -> dict:
+    """Manifest entry of a finished file that the manifest lacks (a run killed between the two writes)."""
+    d = torch.load(path, map_location="cpu", weights_only=True)
+    frames = int(d["mel"].numel())
+    return {"key": row.key, "split": split, "speaker": row.speaker, "speaker_id": spk_id, "text": row.text,
+            "wav": row.wav_path, "seconds": frames * audio.hop_length / audio.sampling_rate, "frames": frames,
+            "tokens": frames, "chars": int(d["text"].numel()), "mel_l1": None}
+
+
+def preprocess(
+    input_dir: str,
+    output_dir: str,
+    pre_encoder_dir: str,
+    config_path: str = "config/model.yaml",
+    bert_model: Optional[str] = None,
+    val_fraction: Optional[float] = None,
+    workers: int = 0,
+    layout: str = "auto",
+    trim: Optional[bool] = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Convert a dataset; returns the QA report (also written to ``OUT/qa_report.json``)."""
+    from scripted_preencoder import ScriptedPreEncoder  # a front end: imported only when used
+
+    cfg = load_config(config_path)
+    audio = cfg.preprocessing.audio
+    val_fraction = cfg.preprocessing.val_fraction if val_fraction is None else val_fraction
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"--val_fraction must be in [0, 1), got {val_fraction}")
+    trim = cfg.preprocessing.trim_silence if trim is None else trim
+
+    pre = ScriptedPreEncoder(pre_encoder_dir, device)
+    check_same_audio(audio, pre.audio, f"--pre_encoder_dir {pre_encoder_dir}")
+    bert = None
+    if bert_model:
+        from bertfe import BERTFrontEnd
+
+        bert = BERTFrontEnd(bert_model, device=device)
+
+    layout, rows, problems = discover(input_dir, layout)
+    tokenizer = CharTokenizer()
+    for d in ("train", "val"):
+        os.makedirs(os.path.join(output_dir, d), exist_ok=True)
+    tokenizer.save(os.path.join(output_dir, "tokenizer.json"))
+
+    # Text first: a row without speakable text never costs an audio load.
+    unknown: Counter[str] = Counter()
+    good: list[Row] = []
+    tokens: dict[str, list[int]] = {}
+    for row in rows:
+        ids = tokenizer.encode(row.text)
+        if not ids:
+            problems.append(Problem(row.source, "empty_text", f"id {row.key}: empty text"))
+            continue
+        if not tokenizer.is_speakable(ids):
+            problems.append(Problem(row.source, "unspeakable_text", f"id {row.key}: no letters in {row.text!r}"))
+            continue
+        for ch in tokenizer.unknown_chars(row.text):
+            unknown[ch] += tokenizer.normalize_text(row.text).count(ch)
+        tokens[row.key] = ids
+        good.append(row)
+
+    val_keys = split_keys([r.key for r in good], val_fraction)
+    spk_map = speaker_ids(output_dir, [r.speaker for r in good])
+    manifest_path = os.path.join(output_dir, "manifest.jsonl")
+    previous = _load_manifest(manifest_path)
+
+    records: list[dict] = []
+    todo: list[Row] = []
+    for row in good:
+        split = "val" if row.key in val_keys else "train"
+        done = [os.path.join(output_dir, s, row.key + ".pt") for s in ("train", "val")]
+        existing = next((p for p in done if os.path.isfile(p)), None)
+        if existing is None:
+            todo.append(row)
+            continue
+        old_split = os.path.basename(os.path.dirname(existing))
+        if row.key in previous:
+            records.append(previous[row.key])
+        else:
+            records.append(_record_from_file(existing, row, old_split, spk_map[row.speaker], audio))
+    skipped = len(records)
+
+    loader = DataLoader(AudioRows(todo, audio, trim), batch_size=batch_size, num_workers=workers,
+                        collate_fn=list, worker_init_fn=_worker_init if workers else None)
+    with open(manifest_path, "a", encoding="utf-8") as manifest, \
+            tqdm(total=len(todo), desc="preprocess", unit="utt", disable=not progress) as bar:
+        for batch in loader:
+            ok = []
+            for item in batch:
+                row = todo[item["index"]]
+                if "error" in item:
+                    problems.append(Problem(row.source, item["kind"], item["error"]))
+                else:
+                    ok.append((row, item))
+            if ok:
+                codes, mel_l1 = _encode(pre, [it["mel"] for _, it in ok])
+                emotions = bert.encode([r.raw_text for r, _ in ok]).float().cpu() if bert is not None else None
+                for j, (row, item) in enumerate(ok):
+                    split = "val" if row.key in val_keys else "train"
+                    sample = {"text": torch.tensor(tokens[row.key], dtype=torch.long), "mel": codes[j],
+                              "speaker": spk_map[row.speaker]}
+                    if emotions is not None:
+                        sample["emotion"] = emotions[j].clone()  # clone: do not save the batch's storage
+                    _save_atomic(sample, os.path.join(output_dir, split, row.key + ".pt"))
+                    rec = {"key": row.key, "split": split, "speaker": row.speaker,
+                           "speaker_id": spk_map[row.speaker], "text": row.text, "wav": row.wav_path,
+                           "seconds": round(item["seconds"], 4), "frames": int(item["mel"].shape[0]),
+                           "tokens": int(codes[j].numel()), "chars": len(tokens[row.key]),
+                           "mel_l1": round(mel_l1[j], 5)}
+                    manifest.write(json.dumps(rec) + "\n")
+                    records.append(rec)
+                manifest.flush()
+            bar.update(len(batch))
+
+    report = build_report(records, problems, unknown, spk_map, layout, skipped)
+    report["settings"] = {"config": config_path, "pre_encoder_dir": pre_encoder_dir, "bert_model": bert_model,
+                          "val_fraction": val_fraction, "trim_silence": trim, "audio": asdict(audio),
+                          "codebook_size": int(pre.codebook_size)}
+    with open(os.path.join(output_dir, "qa_report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+@torch.no_grad()
+def _encode(pre, mels: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[float]]:
+    """Pre-encoder tokens and round-trip mel L1 of a batch of (T_i, C) mels.
+
+    Returns:
+        tokens: per clip, (ceil(T_i / downsample),) long on the CPU.
+        mel_l1: per clip, mean |mel - decode(encode(mel))| over its frames.
+    """
+    lengths = torch.tensor([m.shape[0] for m in mels])
+    T = int(lengths.max())
+    batch = torch.nn.utils.rnn.pad_sequence(mels, batch_first=True)  # (B, T, C)
+    idx = pre.encode(batch, lengths).cpu()  # (B, T'), T' = ceil(T / downsample)
+    tok_len = (lengths + pre.downsample - 1) // pre.downsample
+    recon = pre.decode(idx, tok_len)[:, :T].float().cpu()  # (B, >= T, C)
+    out_tokens, errs = [], []
+    for b, n in enumerate(lengths.tolist()):
+        out_tokens.append(idx[b, : int(tok_len[b])].long().cpu().clone())
+        errs.append(float((recon[b, :n] - batch[b, :n]).abs().mean()))
+    return out_tokens, errs
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--input_dir", required=True, help="dataset root (LJSpeech layout or one folder per speaker)")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--pre_encoder_dir", required=True, help="exported pre-encoder (model_cpu.pt + model_config.yaml)")
+    p.add_argument("--config", default="config/model.yaml", help="model config: preprocessing.audio and defaults")
+    p.add_argument("--bert_model", default=None, help="hub name or local dir; adds 'emotion' vectors")
+    p.add_argument("--val_fraction", type=float, default=None, help="default: preprocessing.val_fraction")
+    p.add_argument("--workers", type=int, default=0, help="audio-loading processes (0 = in the main process)")
+    p.add_argument("--layout", default="auto", choices=LAYOUTS)
+    p.add_argument("--trim_silence", action=argparse.BooleanOptionalAction, default=None,
+                   help="default: preprocessing.trim_silence (off)")
+    p.add_argument("--batch_size", type=int, default=8, help="clips per pre-encoder / BERT call")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no_progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        report = preprocess(args.input_dir, args.output_dir, args.pre_encoder_dir, args.config, args.bert_model,
+                            args.val_fraction, args.workers, args.layout, args.trim_silence, args.batch_size,
+                            args.device, progress=not args.no_progress)
+    except (ConfigError, ValueError, FileNotFoundError) as e:  # setup problems: one line, no traceback
+        print(f"preprocess.py: error: {e}", file=sys.stderr)
+        return 2
+    print_report(report, args.output_dir)
+    u = report["utterances"]
+    return 0 if u["train"] + u["val"] > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Generation: cached == uncached, batch == alone, per-row stopping, special tokens, sampling knobs.
+
+The models here are the tiny test config with weights re-drawn at unit scale: the default init
+(std 0.02) gives nearly flat logits whose argmax is decided by rounding noise, which would make
+"same tokens" comparisons meaningless (or flaky). At unit scale greedy decoding produces varied
+tokens with clear margins; tests assert that variety so they cannot pass on a constant output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from model.echolancer import Echolancer
+from model.generation import apply_repetition_penalty, filter_top_k_top_p, generate
+from utils.config import load_config
+
+MAX_LEN = 40
+
+
+def make_model(*overrides: str, gain: float = 1.0, seed: int = 0) -> Echolancer:
+    cfg = load_config("config/model_tiny.yaml", list(overrides))
+    model = Echolancer.from_config(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.Linear):
+                mod.weight.normal_(0, gain / math.sqrt(mod.in_features), generator=g)
+                mod.bias.normal_(0, 0.1, generator=g)
+            elif isinstance(mod, nn.Embedding):
+                mod.weight.normal_(0, 1.0, generator=g)
+        if model.stop_head is not None:
+            model.stop_head.bias.fill_(-5.0)  # a random stop head would stop at once half the time
+    return model.eval()
+
+
+def make_batch(lengths=(12, 7, 3), seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    B, S = len(lengths), max(lengths)
+    texts = torch.randint(3, 30, (B, S), generator=g)
+    src_lens = torch.tensor(lengths)
+    speakers = torch.arange(B) % 4
+    return speakers, texts, src_lens
+
+
+def assert_varied(tokens: torch.Tensor) -> None:
+    assert len(set(tokens.flatten().tolist())) > 10, "test model output is too uniform to compare"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],  # ALiBi, GQA (2 query heads share 1 KV head)
+        ["model.use_alibi=false", "model.decoder_kv_heads=2"],  # sinusoidal positions, plain MHA
+        ["model.stop_head=true"],
+    ],
+    ids=["alibi-gqa", "sinusoidal-mha", "stop-head"],
+)
+def test_greedy_cached_equals_uncached(overrides):
+    model = make_model(*overrides)
+    spk, texts, lens = make_batch()
+    cached = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0, use_cache=True)
+    full = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0, use_cache=False)
+    assert_varied(cached.tokens)
+    assert torch.equal(cached.tokens, full.tokens)
+    assert torch.equal(cached.lengths, full.lengths)
+    torch.testing.assert_close(cached.gate, full.gate, atol=1e-5, rtol=1e-4)
+
+
+def test_batch_gives_each_row_the_tokens_it_gets_alone():
+    model = make_model()
+    spk, texts, lens = make_batch((15, 9, 4, 1))
+    batch = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0)
+    assert_varied(batch.tokens)
+    for b in range(texts.shape[0]):
+        L = int(lens[b])
+        alone = generate(model, spk[b : b + 1], texts[b : b + 1, :L], lens[b : b + 1], max_length=MAX_LEN, temperature=0.0)
+        assert torch.equal(alone.tokens[0], batch.tokens[b, : alone.tokens.shape[1]]), f"row {b}"
+        torch.testing.assert_close(alone.gate[0], batch.gate[b, : alone.gate.shape[1]], atol=1e-5, rtol=1e-4)
+
+
+class ForceAtStep:
+    """Forward hook: from call ``step`` on, add ``value`` to output column ``col`` of each row.
+
+    Both decoding paths run the head once per generated step on (B, V) (the uncached path projects
+    only the newest position), so the call count is the step.
+    """
+
+    def __init__(self, schedule: dict[int, int], col: int | None, value: float = 1.0e4) -> None:
+        self.schedule, self.col, self.value, self.calls = schedule, col, value, 0
+
+    def __call__(self, module, args, out):
+        out = out.clone()
+        for row, step in self.schedule.items():
+            if self.calls >= step:
+                if self.col is None:
+                    out[row] += self.value
+                else:
+                    out[row, self.col] += self.value
+        self.calls += 1
+        return out
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_each_row_stops_at_its_own_eos_and_stays_stopped(use_cache):
+    model = make_model()
+    spk, texts, lens = make_batch()
+    alone_row1 = generate(model, spk[1:2], texts[1:2, :7], lens[1:2], max_length=MAX_LEN, temperature=0.0)
+    hook = model.head.register_forward_hook(ForceAtStep({0: 3, 2: 5}, col=model.eos_id))
+    try:
+        res = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0, use_cache=use_cache)
+    finally:
+        hook.remove()
+    assert res.lengths.tolist() == [3, MAX_LEN, 5]
+    assert res.hit_max_length.tolist() == [False, True, False]
+    assert (res.tokens[0, 3:] == model.pad_id).all() and (res.tokens[0, :3] < model.codebook_size).all()
+    assert (res.tokens[2, 5:] == model.pad_id).all() and (res.tokens[2, :5] < model.codebook_size).all()
+    # The stop step records P(EOS) ~ 1, later steps of a stopped row record 0.
+    assert res.gate[0, 3] > 0.99 and res.gate[2, 5] > 0.99
+    assert (res.gate[0, 4:] == 0).all() and (res.gate[2, 6:] == 0).all()
+    # The unfinished row is unaffected by its neighbours stopping (they are fed PAD).
+    assert torch.equal(res.tokens[1], alone_row1.tokens[0])
+
+
+def test_all_rows_stopping_ends_the_loop_and_trims_the_output():
+    model = make_model()
+    spk, texts, lens = make_batch()
+    hook = model.head.register_forward_hook(ForceAtStep({0: 2, 1: 6, 2: 4}, col=model.eos_id))
+    try:
+        res = generate(model, spk, texts, lens, max_length=1000, temperature=0.0, sync_every=4)
+    finally:
+        hook.remove()
+    assert res.lengths.tolist() == [2, 6, 4]
+    assert not res.hit_max_length.any()
+    assert res.tokens.shape == (3, 7)  # through row 1's stopping step
+    assert res.steps == 8  # the first "all done" check after step 6 is at step 8, not 1000
+
+
+def test_stop_head_stops_rows_whose_gate_passes_the_threshold():
+    model = make_model("model.stop_head=true")
+    spk, texts, lens = make_batch()
+    hook = model.stop_head.register_forward_hook(ForceAtStep({1: 4}, col=None, value=50.0))
+    try:
+        res = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0, gate_threshold=0.5)
+    finally:
+        hook.remove()
+    assert res.lengths[1] == 4 and res.gate[1, 4] > 0.99
+    assert res.hit_max_length.tolist() == [True, False, True]
+    assert (res.gate[[0, 2]] < 0.5).all()  # the gate is sigmoid(stop logit), not P(EOS)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_pad_and_bos_are_never_emitted_even_when_most_likely(temperature):
+    model = make_model()
+    with torch.no_grad():
+        model.head.bias[model.pad_id] = 1.0e4
+        model.head.bias[model.bos_id] = 1.0e4
+    spk, texts, lens = make_batch()
+    res = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=temperature,
+                   generator=torch.Generator().manual_seed(0))
+    assert (res.tokens < model.codebook_size).all()
+    assert res.hit_max_length.all() and (res.lengths == MAX_LEN).all()
+
+
+def test_max_length_bounds_generation_and_is_reported():
+    model = make_model()
+    spk, texts, lens = make_batch()
+    res = generate(model, spk, texts, lens, max_length=7, temperature=0.0)
+    assert res.tokens.shape == (3, 7) and res.gate.shape == (3, 7)
+    assert res.lengths.tolist() == [7, 7, 7] and res.hit_max_length.all()
+    assert res.steps == 7
+
+
+def test_min_length_suppresses_eos_until_reached():
+    model = make_model()
+    with torch.no_grad():
+        model.head.bias[model.eos_id] = 1.0e4  # the model wants to stop at once
+    spk, texts, lens = make_batch()
+    immediate = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0)
+    assert immediate.lengths.tolist() == [0, 0, 0] and (immediate.tokens == model.pad_id).all()
+    delayed = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0, min_length=10)
+    assert delayed.lengths.tolist() == [10, 10, 10]
+    assert (delayed.tokens[:, :10] < model.codebook_size).all()
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator():
+    model = make_model()
+    spk, texts, lens = make_batch()
+
+    def run(seed: int):
+        return generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=1.0, top_k=50,
+                        generator=torch.Generator().manual_seed(seed)).tokens
+
+    a, b, c = run(7), run(7), run(8)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_top_k_1_and_tiny_top_p_sample_the_greedy_token():
+    model = make_model()
+    spk, texts, lens = make_batch()
+    greedy = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0).tokens
+    g = torch.Generator().manual_seed(0)
+    k1 = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=1.5, top_k=1, generator=g).tokens
+    p0 = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=1.5, top_p=1.0e-6, generator=g).tokens
+    assert torch.equal(k1, greedy) and torch.equal(p0, greedy)
+
+
+def test_filter_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = filter_top_k_top_p(logits, top_p=0.75).isfinite()
+    assert kept.tolist() == [[True, True, False, False]]  # 0.5 < 0.75 <= 0.5 + 0.3
+    kept = filter_top_k_top_p(logits, top_k=3, top_p=0.9).isfinite()
+    assert kept.tolist() == [[True, True, True, False]]
+
+
+def test_repetition_penalty_scales_seen_logits_towards_unlikely():
+    logits = torch.tensor([[2.0, -1.0, 3.0]])
+    seen = torch.tensor([[True, True, False]])
+    out = apply_repetition_penalty(logits, seen, 2.0)
+    assert out.tolist() == [[1.0, -2.0, 3.0]]
+
+
+def test_repetition_penalty_reduces_repeats_in_generation():
+    model = make_model(gain=4.0)  # at this scale the greedy model repeats one token forever
+    spk, texts, lens = make_batch()
+    plain = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0).tokens
+    penalised = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0, repetition_penalty=100.0).tokens
+    distinct = lambda toks: sum(len(set(r.tolist())) for r in toks)
+    assert distinct(penalised) > 3 * distinct(plain)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cache_matches_full_decoder_under_cpu_autocast(dtype):
+    """Under autocast the KV cache is kept in the autocast dtype and one cached step gives the
+    full decoder's logits for the same prefix (to that dtype's precision). Greedy tokens are not
+    compared: at bf16 precision near-tied logits may legitimately flip."""
+    model = make_model("model.stop_head=true")
+    spk, texts, lens = make_batch()
+    with torch.autocast("cpu", dtype=dtype):
+        res = generate(model, spk, texts, lens, max_length=24, temperature=0.0)
+        enc = model.encode(spk, texts, lens)
+        state = model.init_decode_state(enc, 24, dtype)
+        prefix = torch.cat([torch.full((3, 1), model.bos_id), res.tokens[:, :-1]], dim=1)
+        full_logits, full_stop = model.project(model.decode(prefix, enc))
+        for t in range(prefix.shape[1]):
+            logits, stop = model.decode_step(prefix[:, t : t + 1], torch.tensor([t]), state)
+            torch.testing.assert_close(logits.float(), full_logits[:, t].float(), atol=0.1, rtol=0.05)
+            torch.testing.assert_close(stop.float(), full_stop[:, t].float(), atol=0.1, rtol=0.05)
+    assert all(c.k.dtype == dtype for c in state.caches)
+    assert (res.tokens < model.codebook_size).all()
+
+
+def test_generation_runs_in_eval_mode_and_restores_the_training_flag():
+    model = make_model("model.decoder.dropout=0.5", "model.encoder.dropout=0.5").train()
+    spk, texts, lens = make_batch()
+    a = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0).tokens
+    b = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0).tokens
+    assert torch.equal(a, b)  # dropout would make two greedy runs differ
+    assert model.training
+
+
+def test_infer_method_delegates_to_generate():
+    model = make_model()
+    spk, texts, lens = make_batch()
+    direct = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0)
+    via = model.infer(spk, texts, lens, max_length=MAX_LEN, temperature=0.0)
+    assert torch.equal(direct.tokens, via.tokens)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": -1.0}, "temperature=-1.0 is not allowed; temperature must be >= 0"),
+        ({"top_p": 0.0}, "top_p must be in (0, 1]"),
+        ({"max_length": 0}, "max_length must be an integer >= 1"),
+        ({"gate_threshold": 1.5}, "gate_threshold must be in (0, 1)"),
+    ],
+)
+def test_bad_arguments_are_named_in_the_error(kwargs, message):
+    model = make_model()
+    spk, texts, lens = make_batch()
+    with pytest.raises(ValueError) as e:
+        generate(model, spk, texts, lens, **kwargs)
+    assert message in str(e.value)

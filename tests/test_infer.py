@@ -1,0 +1,138 @@
+"""infer.py end to end: checkpoint file or directory -> token/gate files and metadata; clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import infer
+from model.echolancer import Echolancer
+from utils.char_tokenizer import CharTokenizer
+from utils.checkpoint import checkpoint_name
+from utils.config import TrainConfig, config_to_dict, load_config
+
+TINY = "config/model_tiny.yaml"
+
+
+def save_checkpoint(path, step: int = 7, seed: int = 0, overrides: tuple[str, ...] = ()) -> Echolancer:
+    cfg = load_config(TINY, list(overrides))
+    torch.manual_seed(seed)
+    model = Echolancer.from_config(cfg).eval()
+    torch.save(
+        {
+            "format_version": 1,
+            "model": model.state_dict(),
+            "model_config": config_to_dict(cfg),
+            "train_config": config_to_dict(TrainConfig()),
+            "tokenizer": CharTokenizer().to_dict(),
+            "special_tokens": {"codebook_size": model.codebook_size, "bos_id": model.bos_id,
+                               "eos_id": model.eos_id, "pad_id": model.pad_id},
+            "step": step,
+        },
+        path,
+    )
+    return model
+
+
+def run_infer(*argv: str):
+    return infer.main(["--device", "cpu", "--max_length", "16", *argv])
+
+
+def test_checkpoint_file_to_token_files_and_metadata(tmp_path):
+    model = save_checkpoint(tmp_path / "model.pt", step=42)
+    out = tmp_path / "out"
+    metas = run_infer("--checkpoint", str(tmp_path / "model.pt"), "--text", "Dr. Smith has 2 cats.",
+                      "--speaker_id", "3", "--temperature", "0", "--output_dir", str(out))
+    assert len(metas) == 1
+    meta = json.loads((out / "utt_0000.json").read_text())
+    assert meta["text"] == "Dr. Smith has 2 cats."
+    assert meta["normalized_text"] == "doctor smith has two cats."
+    assert meta["speaker"] == 3 and meta["checkpoint_step"] == 42
+    assert meta["sampling"]["temperature"] == 0.0 and meta["sampling"]["max_length"] == 16
+    assert meta["hit_max_length"] is True and meta["length"] == 16  # an untrained model never stops
+    assert meta["batch_tokens_per_s"] > 0 and meta["batch_time_s"] > 0
+
+    tokens = np.load(out / "utt_0000.tokens.npy")
+    assert torch.equal(torch.load(out / "utt_0000.tokens.pt", weights_only=True), torch.from_numpy(tokens))
+    gate = np.load(out / "utt_0000.gate.npy")
+    assert torch.equal(torch.load(out / "utt_0000.gate.pt", weights_only=True), torch.from_numpy(gate))
+    assert ((gate >= 0) & (gate <= 1)).all()
+
+    # The files hold exactly what greedy generation gives for this text and speaker.
+    tok = CharTokenizer()
+    ids = torch.tensor([tok.encode("Dr. Smith has 2 cats.")])
+    ref = model.infer(torch.tensor([3]), ids, torch.tensor([ids.shape[1]]), max_length=16, temperature=0.0)
+    assert tokens.tolist() == ref.tokens[0, : meta["length"]].tolist()
+
+
+def test_checkpoint_directory_and_text_file_in_batches(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    save_checkpoint(ckpt / checkpoint_name(100), step=100, seed=0)
+    save_checkpoint(ckpt / checkpoint_name(300), step=300, seed=1)
+    sentences = tmp_path / "s.txt"
+    sentences.write_text("First sentence.\n\nSecond one!\nA third, longer sentence here.\n", encoding="utf-8")
+    out = tmp_path / "out"
+    metas = run_infer("--checkpoint", str(ckpt), "--text_file", str(sentences), "--batch_size", "2",
+                      "--output_dir", str(out))
+    assert [m["text"] for m in metas] == ["First sentence.", "Second one!", "A third, longer sentence here."]
+    assert all(m["checkpoint_step"] == 300 and m["checkpoint"].endswith(checkpoint_name(300)) for m in metas)
+    for i in range(3):
+        assert (out / f"utt_{i:04d}.json").is_file() and (out / f"utt_{i:04d}.tokens.npy").is_file()
+        assert (out / f"utt_{i:04d}.gate.pt").is_file()
+
+
+def test_same_seed_same_tokens_different_seed_different_tokens(tmp_path):
+    save_checkpoint(tmp_path / "m.pt")
+
+    def tokens(seed: str, name: str):
+        run_infer("--checkpoint", str(tmp_path / "m.pt"), "--text", "Hello there.", "--seed", seed,
+                  "--temperature", "1.0", "--output_dir", str(tmp_path / name))
+        return np.load(tmp_path / name / "utt_0000.tokens.npy")
+
+    a, b, c = tokens("1", "a"), tokens("1", "b"), tokens("2", "c")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_raw_state_dict_with_model_config(tmp_path):
+    model = save_checkpoint(tmp_path / "full.pt")
+    torch.save(model.state_dict(), tmp_path / "raw.pt")
+    metas = run_infer("--checkpoint", str(tmp_path / "raw.pt"), "--model_config", TINY, "--text", "Hi there.",
+                      "--output_dir", str(tmp_path / "out"))
+    assert metas[0]["checkpoint_step"] is None and metas[0]["length"] > 0
+
+
+def expect_error(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        run_infer(*argv)
+    assert e.value.code not in (0, None)
+    return str(e.value.code)
+
+
+def test_unknown_speaker_id_is_a_clear_error(tmp_path):
+    save_checkpoint(tmp_path / "m.pt")
+    msg = expect_error(None, "--checkpoint", str(tmp_path / "m.pt"), "--text", "Hello.", "--speaker_id", "9",
+                       "--output_dir", str(tmp_path / "o"))
+    assert "--speaker_id 9 is not a speaker of this model: allowed ids are 0..3" in msg
+    assert not (tmp_path / "o").exists()
+
+
+def test_text_without_speakable_characters_is_a_clear_error(tmp_path):
+    save_checkpoint(tmp_path / "m.pt")
+    sentences = tmp_path / "s.txt"
+    sentences.write_text("Fine.\n?!...\n", encoding="utf-8")
+    msg = expect_error(None, "--checkpoint", str(tmp_path / "m.pt"), "--text_file", str(sentences),
+                       "--output_dir", str(tmp_path / "o"))
+    assert f"{sentences} line 2: '?!...' has no speakable characters" in msg
+
+
+def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
+    model = save_checkpoint(tmp_path / "m.pt", overrides=("model.decoder.layer=3",))
+    torch.save(model.state_dict(), tmp_path / "raw.pt")
+    msg = expect_error(None, "--checkpoint", str(tmp_path / "raw.pt"), "--model_config", TINY, "--text", "Hello.")
+    assert "do not fit the model built from config/model_tiny.yaml" in msg and "dec_layers.2." in msg
+    msg = expect_error(None, "--checkpoint", str(tmp_path / "raw.pt"), "--text", "Hello.")
+    assert "raw state dict without a model config" in msg

@@ -1,0 +1,193 @@
+"""The training script: CLI run with W&B read back, exact resume, accumulation, signals, NaN guard."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from data.dataset import Collate, EcholancerDataset
+from data.dummy import create_dummy_data_files
+from training.trainer import RunPaths, Trainer
+from utils.checkpoint import load_checkpoint
+from utils.config import load_configs
+from utils.distributed import DistInfo
+from utils.logger import find_run_dir, read_offline_history
+from utils.scheduler import lr_multiplier
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_CFG = os.path.join(ROOT, "config/model_tiny.yaml")
+TRAIN_CFG = os.path.join(ROOT, "config/train_tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    mcfg, _ = load_configs(MODEL_CFG, TRAIN_CFG)
+    create_dummy_data_files(str(root / "train"), mcfg, n_files=24, max_text_len=20, seed=0)
+    create_dummy_data_files(str(root / "val"), mcfg, n_files=6, max_text_len=20, seed=1)
+    return str(root / "train"), str(root / "val")
+
+
+BASE = ["training.batch_size=4", "training.grad_acc_step=2", "training.log_step=1", "training.val_step=3",
+        "training.save_step=1000", "training.test_step=1000", "training.epochs=10",
+        "model.encoder.dropout=0.1", "model.decoder.dropout=0.1", "scheduler.warmup_steps=3",
+        "scheduler.total_steps=8"]
+
+
+def make_trainer(data, out, overrides=(), resume=None) -> Trainer:
+    mcfg, tcfg = load_configs(MODEL_CFG, TRAIN_CFG, BASE + list(overrides))
+    paths = RunPaths(data[0], data[1], str(out), resume=resume)
+    return Trainer(mcfg, tcfg, paths, DistInfo())
+
+
+def weights(path_or_model) -> dict:
+    if isinstance(path_or_model, torch.nn.Module):
+        return path_or_model.state_dict()
+    return load_checkpoint(path_or_model)["model"]
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+@pytest.fixture
+def no_wandb(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
+def test_cli_run_writes_checkpoints_and_an_offline_wandb_run_with_the_logged_metrics(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "--model_config", MODEL_CFG, "--train_config", TRAIN_CFG,
+           "--train_data_dir", str(tmp_path / "train"), "--val_data_dir", str(tmp_path / "val"),
+           "--output_dir", str(out), "--create_dummy", "--dummy_files", "16",
+           "--set", "training.max_steps=6", "--set", "training.log_step=2", "--set", "training.val_step=3",
+           "--set", "training.save_step=3", "--set", "model.decoder.layer=1", "--set", "scheduler.warmup_steps=4"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = load_checkpoint(out / "ckpt")
+    assert ck["step"] == 6 and ck["format_version"] == 1
+    assert ck["model_config"]["model"]["decoder"]["layer"] == 1  # --set reached the model config
+    assert ck["special_tokens"] == {"codebook_size": 1000, "bos_id": 1000, "eos_id": 1001, "pad_id": 1002}
+    assert set(ck) >= {"optimizer", "scheduler", "scaler", "epoch", "early_stopping", "rng", "sampler",
+                       "train_config", "tokenizer"}
+    assert (out / "ckpt" / "best.pt").exists() and (out / "train.log").exists()
+
+    rows = read_offline_history(find_run_dir(str(out)))
+    steps = [row["_step"] for row in rows]
+    assert len(steps) == len(set(steps))  # one row per step
+    train_rows = {row["_step"]: row for row in rows if "train/loss" in row}
+    assert sorted(train_rows) == [2, 4, 6]
+    for step, row in train_rows.items():
+        # The logged LR is the one used by the step's update (step - 1 updates were done before it).
+        assert row["train/lr"] == pytest.approx(1.0e-3 * lr_multiplier(step - 1, "warmup_cosine", 4, 6, 0.1))
+        assert row["train/grad_norm"] > 0 and row["train/tokens_per_s"] > 0 and 0 <= row["train/accuracy"] <= 1
+    assert [row["_step"] for row in rows if "val/loss" in row][:2] == [2, 3]  # epoch end (16 files / 8), val_step
+
+    bad = subprocess.run(cmd[:-2] + ["--set", "training.no_such_key=1"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no_such_key" in bad.stderr
+
+
+@pytest.mark.usefixtures("no_wandb")
+def test_resume_mid_epoch_and_mid_accumulation_is_bitwise_exact(data, tmp_path, monkeypatch):
+    # 24 files / batch 4 = 6 micro-batches = 3 steps per epoch (grad_acc 2); 8 steps span 3 epochs,
+    # with validations (val_step 3 and epoch ends) in between.
+    full = make_trainer(data, tmp_path / "full", ["training.max_steps=8"])
+    full.train()
+    expected = weights(full.model)
+
+    # Stopped by max_steps after 4 steps (mid-epoch), resumed to 8.
+    first = make_trainer(data, tmp_path / "a", ["training.max_steps=4"])
+    first.train()
+    assert load_checkpoint(tmp_path / "a" / "ckpt")["sampler"]["position"] == 2  # 1 step into epoch 1
+    resumed = make_trainer(data, tmp_path / "a", ["training.max_steps=8"], resume=str(tmp_path / "a" / "ckpt"))
+    assert resumed.train().step == 8
+    assert_bitwise_equal(weights(resumed.model), expected)
+
+    # A stop request between the two micro-batches of step 5: the partial step is discarded.
+    stopper = make_trainer(data, tmp_path / "b", ["training.max_steps=8"])
+    calls = {"n": 0}
+    original = stopper._forward_loss
+
+    def counting(model, batch, normalizer):
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 9:  # first micro-batch of step 5
+                stopper.request_stop()
+        return original(model, batch, normalizer)
+
+    monkeypatch.setattr(stopper, "_forward_loss", counting)
+    result = stopper.train()
+    assert (result.status, result.step) == ("interrupted", 4)
+    resumed = make_trainer(data, tmp_path / "b", ["training.max_steps=8"], resume=str(tmp_path / "b" / "ckpt"))
+    resumed.train()
+    assert_bitwise_equal(weights(resumed.model), expected)
+
+
+@pytest.mark.usefixtures("no_wandb")
+def test_two_micro_batches_of_4_equal_one_batch_of_8(data, tmp_path):
+    over = ["model.encoder.dropout=0.0", "model.decoder.dropout=0.0"]
+    acc = make_trainer(data, tmp_path / "acc", over + ["training.grad_acc_step=2"])
+    one = make_trainer(data, tmp_path / "one", over + ["training.grad_acc_step=1"])
+    assert_bitwise_equal(weights(acc.model), weights(one.model))
+    ds = EcholancerDataset(data[0], acc.mcfg)
+    collate = Collate(acc.model.pad_id)
+    items = [ds[i] for i in range(8)]  # different lengths: the halves have different token counts
+    m_acc = acc.train_step([collate(items[:4]), collate(items[4:])])
+    m_one = one.train_step([collate(items)])
+    assert m_acc["train/loss"] == pytest.approx(m_one["train/loss"], rel=1e-5)
+    assert m_acc["train/grad_norm"] == pytest.approx(m_one["train/grad_norm"], rel=1e-4)
+    for (k, a), b in zip(acc.model.state_dict().items(), one.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.usefixtures("no_wandb")
+def test_nonfinite_losses_skip_steps_then_stop_with_a_checkpoint(data, tmp_path, monkeypatch):
+    t = make_trainer(data, tmp_path / "nan", ["training.max_nonfinite_steps=3", "training.max_steps=10"])
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    crit = t.criterion.forward
+
+    def nan_loss(out, normalizer=None):
+        lo = crit(out, normalizer)
+        lo.total = lo.total * float("nan")
+        return lo
+
+    monkeypatch.setattr(t.criterion, "forward", nan_loss)
+    result = t.train()
+    assert (result.status, result.step) == ("nonfinite", 3)
+    ck = load_checkpoint(result.last_checkpoint)
+    assert ck["nonfinite_total"] == 3
+    assert_bitwise_equal(ck["model"], before)  # no update was applied
+
+
+def test_sigint_saves_a_checkpoint_exits_cleanly_and_the_run_resumes(data, tmp_path):
+    out = tmp_path / "sig"
+    cmd = [sys.executable, "train.py", "--model_config", MODEL_CFG, "--train_config", TRAIN_CFG,
+           "--train_data_dir", data[0], "--output_dir", str(out),
+           "--set", "training.max_steps=100000", "--set", "training.save_step=2", "--set", "training.epochs=100000"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "ckpt" / "ckpt_000000002.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "training did not reach step 2"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "received SIGINT" in err
+    ck = load_checkpoint(out / "ckpt")
+    assert ck["step"] >= 2
+    stop_step = ck["step"]
+
+    resumed = subprocess.run(cmd[:-6] + ["--resume", str(out / "ckpt"), "--set", f"training.max_steps={stop_step + 2}"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {out / 'ckpt'} at step {stop_step}" in resumed.stderr
+    assert load_checkpoint(out / "ckpt")["step"] == stop_step + 2

@@ -1,0 +1,124 @@
+"""The training test interval: synthesise novel sentences through the shared pipeline and log them.
+
+It calls ``pipeline.build_synthesizer`` / ``Synthesizer.synthesize`` (the one text -> waveform chain
+that ``infer.py`` also uses) and writes ``<output_dir>/samples/step_XXXXXXX/<i>_spk<s>.wav``, logs
+the audio, a mel image and generation statistics. Without a pre-encoder there is no mel and hence
+no audio: that is said once, and only token statistics are logged.
+
+Generation runs under a forked RNG with a fixed seed, so testing never changes the training run
+(exact resume holds whether or not a test happened).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from utils.logger import Logger
+
+log = logging.getLogger("echolancer.train")
+
+DEFAULT_TEST_SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Did you remember to water the plants before leaving?",
+]
+
+
+class TestInterval:
+    """Builds the synthesiser lazily (first test step) and runs it on the test sentences.
+
+    Args:
+        model: the (unwrapped) Echolancer model; switched to eval and back to train.
+        tokenizer: the run's CharTokenizer.
+        output_dir: run directory; samples go to ``samples/step_XXXXXXX/``.
+        sentences, speakers: what to synthesise (every sentence for every speaker).
+        bert_model, pre_encoder_dir, istftnet_dir: pipeline components (each optional).
+        gen_kwargs: extra arguments for ``Synthesizer.synthesize`` (e.g. ``max_length``).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        output_dir: str,
+        sentences: list[str],
+        speakers: list[int],
+        bert_model: Optional[str],
+        pre_encoder_dir: Optional[str],
+        istftnet_dir: Optional[str],
+        device: torch.device,
+        seed: int = 0,
+        gen_kwargs: Optional[dict[str, Any]] = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.output_dir = output_dir
+        self.sentences = sentences or DEFAULT_TEST_SENTENCES
+        n_speaker = model.cfg.n_speaker
+        bad = [s for s in speakers if not 0 <= s < n_speaker]
+        if bad:
+            raise ValueError(f"--test_speakers / training.test_speakers {bad} out of range [0, {n_speaker}) (model.n_speaker)")
+        self.speakers = speakers or [0]
+        self.bert_model = bert_model
+        self.pre_encoder_dir = pre_encoder_dir
+        self.istftnet_dir = istftnet_dir
+        self.device = device
+        self.seed = seed
+        self.gen_kwargs = gen_kwargs or {}
+        self._synth = None
+        self._said_why = False
+
+    def _synthesizer(self):
+        if self._synth is None:
+            from pipeline import build_synthesizer  # the pipeline floor sits above model/ and data/
+
+            self._synth = build_synthesizer(
+                self.model, self.tokenizer, bert_model=self.bert_model, pre_encoder_dir=self.pre_encoder_dir,
+                istftnet_dir=self.istftnet_dir, device=self.device,
+            )
+        return self._synth
+
+    def run(self, step: int, logger: Logger) -> dict[str, float]:
+        """Synthesise, save and log; returns the generation statistics that were logged."""
+        if self.pre_encoder_dir is None and not self._said_why:
+            log.info("test interval: no --pre_encoder_dir, so codec tokens cannot become mels or audio; "
+                     "logging token statistics only")
+            self._said_why = True
+        texts = [t for t in self.sentences for _ in self.speakers]
+        speakers = [s for _ in self.sentences for s in self.speakers]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                torch.manual_seed(self.seed)
+                utts = self._synthesizer().synthesize(texts, speakers, **self.gen_kwargs)
+        finally:
+            self.model.train(was_training)
+
+        out_dir = os.path.join(self.output_dir, "samples", f"step_{step:07d}")
+        os.makedirs(out_dir, exist_ok=True)
+        lengths, hit_max = [], []
+        for i, u in enumerate(utts):
+            lengths.append(len(u.tokens))
+            hit_max.append(float(u.hit_max_length))
+            name = f"{i:02d}_spk{u.speaker}"
+            if u.wav is not None:
+                import soundfile as sf
+
+                path = os.path.join(out_dir, name + ".wav")
+                sf.write(path, np.asarray(u.wav, dtype=np.float32), u.sample_rate)
+                logger.log_audio(f"test/audio_{i:02d}", u.wav, u.sample_rate, step, caption=f"spk {u.speaker}: {u.text}")
+            if u.mel is not None:
+                mel = np.asarray(u.mel, dtype=np.float32).T[::-1]  # (C, T), low frequencies at the bottom
+                logger.log_image(f"test/mel_{i:02d}", mel, step, caption=u.text)
+        stats = {
+            "test/mean_tokens": float(np.mean(lengths)) if lengths else 0.0,
+            "test/hit_max_length": float(np.mean(hit_max)) if hit_max else 0.0,
+        }
+        logger.log(stats, step)
+        return stats

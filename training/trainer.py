@@ -1,0 +1,524 @@
+"""The Echolancer training loop.
+
+One *step* is one optimizer update made of up to ``grad_acc_step`` micro-batches (fewer at the end
+of an epoch). The loss of every micro-batch is a sum over valid target tokens divided by the token
+count of the whole step (all micro-batches, all processes), so 2 micro-batches of 16 give the same
+gradient as one batch of 32.
+
+Exact resume: a checkpoint holds the state *at a step boundary*: weights, optimizer, scheduler,
+scaler, step, epoch, the number of global batches of the epoch already consumed, early stopping and
+the RNG states captured at that boundary. A stop requested in the middle of an accumulation cycle
+(SIGINT/SIGTERM) throws the partial gradients away and saves the boundary state, so the resumed run
+recomputes those micro-batches and ends bitwise identical to an uninterrupted one (CPU,
+``num_workers=0``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from data.dataset import Collate, EcholancerDataset
+from data.sampler import BucketBatchSampler
+from model.echolancer import Echolancer
+from model.loss import EcholancerLoss
+from training.test_interval import TestInterval
+from utils.char_tokenizer import CharTokenizer
+from utils.checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
+from utils.config import ConfigError, ModelConfig, TrainConfig, config_to_dict
+from utils.distributed import DistInfo, all_gather_objects, all_reduce_max, all_reduce_sum
+from utils.early_stopping import EarlyStopping
+from utils.logger import Logger
+from utils.scheduler import build_scheduler
+
+log = logging.getLogger("echolancer.train")
+FORMAT_VERSION = 1
+BATCH_KEYS = ("speakers", "texts", "src_lens", "mels", "mel_lens", "em_hidden", "vq_tokens", "vq_token_lens")
+
+
+@dataclass
+class RunPaths:
+    """Where the data is, where the run writes, and the optional test-interval components."""
+
+    train_data_dir: str
+    val_data_dir: Optional[str]
+    output_dir: str
+    resume: Optional[str] = None
+    bert_model: Optional[str] = None
+    pre_encoder_dir: Optional[str] = None
+    istftnet_dir: Optional[str] = None
+    test_sentences: list[str] = field(default_factory=list)
+    test_speakers: list[int] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    status: str  # "finished", "early_stopped", "interrupted", "nonfinite"
+    step: int
+    epoch: int
+    best_val_loss: Optional[float]
+    last_checkpoint: Optional[str]
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``auto``: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
+    if requested != "auto":
+        if requested == "fp16" and device.type != "cuda":
+            raise ConfigError(f"training.precision: fp16 needs a CUDA device, got {device}; use bf16 or fp32")
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Builds everything from the two configs and runs :meth:`train`.
+
+    Args:
+        model_cfg, train_cfg: validated configs (``utils.config.load_configs``).
+        paths: data, output and test-interval locations.
+        dist_info: this process's rank / world size / device (``utils.distributed.init_distributed``).
+    """
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, paths: RunPaths, dist_info: DistInfo) -> None:
+        self.mcfg, self.tcfg, self.paths, self.dist = model_cfg, train_cfg, paths, dist_info
+        tc = train_cfg.training
+        self.device = dist_info.device
+        self.precision = resolve_precision(tc.precision, self.device)
+        self.ckpt_dir = os.path.join(paths.output_dir, "ckpt")
+        self.tokenizer = CharTokenizer()
+        if model_cfg.model.vocab_size < len(self.tokenizer):
+            raise ConfigError(
+                f"model.vocab_size ({model_cfg.model.vocab_size}) must be >= the tokenizer's size "
+                f"({len(self.tokenizer)})"
+            )
+
+        # Same initial weights on every rank (DDP also broadcasts rank 0's), then per-rank RNG streams.
+        seed_everything(tc.seed)
+        self.model = Echolancer.from_config(model_cfg).to(self.device)
+        seed_everything(tc.seed + dist_info.rank)
+
+        self.train_set = EcholancerDataset(paths.train_data_dir, model_cfg, seed=tc.seed)
+        self.val_set = EcholancerDataset(paths.val_data_dir, model_cfg, seed=tc.seed) if paths.val_data_dir else None
+        self.collate = Collate(self.model.pad_id)
+        self.sampler = BucketBatchSampler(
+            self.train_set.lengths(), tc.batch_size, tc.max_tokens, shuffle=True, seed=tc.seed,
+            num_replicas=dist_info.world_size, rank=dist_info.rank,
+        )
+        steps_per_epoch = math.ceil(math.ceil(self.sampler.epoch_global_len() / dist_info.world_size) / tc.grad_acc_step)
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = train_cfg.scheduler.total_steps or tc.max_steps or tc.epochs * steps_per_epoch
+
+        self.optimizer = self._build_optimizer()
+        sc = train_cfg.scheduler
+        self.scheduler = build_scheduler(self.optimizer, sc.type, sc.warmup_steps, self.total_steps, sc.min_lr_ratio)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.criterion = EcholancerLoss(train_cfg.loss.pos_weight, train_cfg.loss.stop_weight)
+        es = train_cfg.early_stopping
+        self.early_stopping = EarlyStopping(es.patience, es.min_delta, es.enabled)
+        self.ckpt = CheckpointManager(self.ckpt_dir, tc.keep_last) if dist_info.is_main else None
+
+        # Counters that live in checkpoints.
+        self.step = 0
+        self.epoch = 0
+        self.epoch_position = 0  # global batches of the current epoch already consumed
+        self.nonfinite_total = 0
+        self.nonfinite_streak = 0
+        self.wandb_run_id: Optional[str] = None
+        self.last_checkpoint: Optional[str] = None
+        self._saved_step = -1
+        resumed_rng = self._resume(paths.resume) if paths.resume else None
+
+        # The module that runs the training forward: DDP wrapper and/or compiled graph.
+        self.train_model: nn.Module = self.model
+        if dist_info.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DDP(self.model, device_ids=ids)
+        if tc.compile:
+            self.train_model = torch.compile(self.train_model)
+
+        self.logger = Logger(
+            paths.output_dir, project=train_cfg.wandb.project, mode=train_cfg.wandb.mode,
+            run_name=train_cfg.wandb.run_name, entity=train_cfg.wandb.entity, enabled=dist_info.is_main,
+            config={"model": config_to_dict(model_cfg), "train": config_to_dict(train_cfg),
+                    "n_parameters": self.model.num_parameters(), "world_size": dist_info.world_size,
+                    "precision": self.precision},
+            run_id=self.wandb_run_id,
+        )
+        self.wandb_run_id = self.logger.run_id or self.wandb_run_id
+        self.tester = None
+        if dist_info.is_main:
+            self.tester = TestInterval(
+                self.model, self.tokenizer, paths.output_dir,
+                paths.test_sentences or tc.test_sentences, paths.test_speakers or tc.test_speakers,
+                paths.bert_model, paths.pre_encoder_dir, paths.istftnet_dir, self.device, seed=tc.seed,
+            )
+        self._stop_requested = False
+        self._boundary_rng: Optional[dict] = None
+        if resumed_rng is not None:  # last, so nothing above (W&B, DataLoader, compile) shifts the streams
+            self._restore_rng(resumed_rng)
+
+    # ---- construction helpers -------------------------------------------------------------------
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        oc = self.tcfg.optimizer
+        # No weight decay on biases, norms and embeddings' gains (1-D parameters).
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": oc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        cls = torch.optim.AdamW if oc.type == "adamw" else torch.optim.Adam
+        return cls(groups, lr=oc.learning_rate, betas=tuple(oc.betas), eps=oc.eps)
+
+    def _loader(self, dataset: EcholancerDataset, sampler: BucketBatchSampler) -> DataLoader:
+        nw = self.tcfg.training.num_workers
+        # An explicit generator keeps DataLoader seeding off the global RNG (exact resume).
+        return DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=self.collate, num_workers=nw,
+            pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(self.tcfg.training.seed),
+        )
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+
+    def state_dict(self, rng: dict) -> dict:
+        m = self.model
+        return {
+            "format_version": FORMAT_VERSION,
+            "model": m.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "early_stopping": self.early_stopping.state_dict(),
+            "rng": rng,
+            "sampler": {"epoch": self.epoch, "position": self.epoch_position, "seed": self.sampler.seed,
+                        "world_size": self.dist.world_size},
+            "total_steps": self.total_steps,
+            "nonfinite_total": self.nonfinite_total,
+            "wandb_run_id": self.wandb_run_id,
+            "model_config": config_to_dict(self.mcfg),
+            "train_config": config_to_dict(self.tcfg),
+            "tokenizer": self.tokenizer.to_dict(),
+            "special_tokens": {"codebook_size": m.codebook_size, "bos_id": m.bos_id, "eos_id": m.eos_id,
+                               "pad_id": m.pad_id},
+        }
+
+    def save(self, val_loss: Optional[float] = None, rng: Optional[dict] = None) -> Optional[str]:
+        """Save on rank 0 (every rank must call: RNG states are gathered from all of them)."""
+        states = all_gather_objects(rng if rng is not None else capture_rng_state())
+        self._saved_step = self.step
+        if not self.dist.is_main:
+            return None
+        state = self.state_dict({**states[0], "per_rank": states})
+        path = self.ckpt.save(state, self.step, val_loss)
+        self.last_checkpoint = path
+        if self.tcfg.wandb.log_checkpoints and val_loss is not None and self.ckpt.best_step == self.step:
+            self.logger.log_artifact(path, name=f"echolancer-{self.logger.run_id}", aliases=["best", f"step-{self.step}"])
+        log.info("saved %s", path)
+        return path
+
+    def _resume(self, where: str) -> dict:
+        """Load a checkpoint into model, optimizer, scheduler, scaler and counters; returns its RNG states."""
+        ck = load_checkpoint(where, map_location="cpu")
+        saved = ck.get("model_config", {}).get("model")
+        current = config_to_dict(self.mcfg)["model"]
+        if saved is not None and saved != current:
+            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            raise ConfigError(f"{where}: checkpoint was trained with a different model config; differing "
+                              f"model.* keys: {', '.join(diff)}")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        saved_total = ck.get("total_steps")
+        if saved_total is not None and int(saved_total) != self.total_steps:
+            log.warning("%s: the schedule's total_steps changes from %s to %d (from scheduler.total_steps, "
+                        "training.max_steps or epochs); set scheduler.total_steps to keep the old schedule",
+                        where, saved_total, self.total_steps)
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+        self.step, self.epoch = int(ck["step"]), int(ck["epoch"])
+        self.epoch_position = int(ck["sampler"]["position"])
+        self.early_stopping.load_state_dict(ck["early_stopping"])
+        self.nonfinite_total = int(ck.get("nonfinite_total", 0))
+        self.wandb_run_id = ck.get("wandb_run_id")
+        self._saved_step = self.step
+        log.info("resumed from %s at step %d (epoch %d, %d batches into it)", where, self.step, self.epoch,
+                 self.epoch_position)
+        return ck["rng"]
+
+    def _restore_rng(self, rng: dict) -> None:
+        per_rank = rng.get("per_rank")
+        if per_rank is not None and len(per_rank) == self.dist.world_size:
+            restore_rng_state(per_rank[self.dist.rank])
+        elif self.dist.rank == 0:
+            restore_rng_state(rng)
+        else:  # a different world size: fresh, distinct streams for the other ranks
+            seed_everything(self.tcfg.training.seed + 1000 * self.dist.rank + self.step)
+
+    # ---- one step ---------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the loop to save and stop at the next safe point (signal handlers call this)."""
+        self._stop_requested = True
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k in BATCH_KEYS}
+
+    def _forward_loss(self, model: nn.Module, batch: dict, normalizer):
+        with self._autocast():
+            out = model(**batch)
+        return self.criterion(out, normalizer=normalizer)
+
+    def train_step(self, micro: list[dict]) -> Optional[dict[str, float]]:
+        """One optimizer step over the micro-batches ``micro``.
+
+        Returns:
+            metrics of the step, or None if a stop was requested mid-accumulation (nothing applied).
+        """
+        tc = self.tcfg.training
+        t0 = time.perf_counter()
+        batches = [self._to_device(b) for b in micro]
+        n_local = sum(int(b["mel_lens"].sum()) + len(b["mel_lens"]) for b in batches)  # + EOS per row
+        n_global = all_reduce_sum(torch.tensor(float(n_local), device=self.device))
+        # DDP averages gradients over ranks; multiply back so the step is sum / n_global overall.
+        scale = float(self.dist.world_size)
+        totals = torch.zeros(4, device=self.device)  # loss, ce, stop, correct tokens
+        for i, b in enumerate(batches):
+            last = i == len(batches) - 1
+            sync = nullcontext() if last or not isinstance(self.train_model, DDP) else self.train_model.no_sync()
+            with sync:
+                lo = self._forward_loss(self.train_model, b, n_global)
+                self.scaler.scale(lo.total * scale).backward()
+            totals += torch.stack([
+                lo.total.detach().float(), lo.ce.detach().float(),
+                (lo.stop.detach().float() if lo.stop is not None else torch.zeros((), device=self.device)),
+                lo.accuracy.detach().float() * lo.n_tokens,
+            ])
+            if self._stop_requested and not last and not self.dist.enabled:
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip_thresh)
+        bad = torch.tensor(float(not (math.isfinite(float(totals[0])) and math.isfinite(float(grad_norm)))),
+                           device=self.device)
+        skipped = bool(all_reduce_max(bad) > 0)
+        if skipped:
+            self.nonfinite_total += 1
+            self.nonfinite_streak += 1
+            if self.scaler.is_enabled():
+                self.scaler.update()  # fp16 overflow: lower the scale as usual
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.nonfinite_streak = 0
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this update used
+        # The LR is a function of the step; a skipped step still advances it (it consumed data).
+        self.scheduler.step()
+        self.step += 1
+        all_reduce_sum(totals)
+        W = self.dist.world_size
+        dt = time.perf_counter() - t0
+        return {
+            "train/loss": float(totals[0]) / W,
+            "train/ce": float(totals[1]) / W,
+            "train/stop": float(totals[2]) / W,
+            "train/accuracy": float(totals[3]) / max(float(n_global), 1.0),
+            "train/grad_norm": float(grad_norm),
+            "train/lr": lr,
+            "train/tokens_per_s": float(n_global) / max(dt, 1e-9),
+            "train/nonfinite_skips": float(self.nonfinite_total),
+            "train/skipped": float(skipped),
+        }
+
+    # ---- validation -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self) -> Optional[dict[str, float]]:
+        """Token-weighted loss and accuracy over the whole validation set (all ranks together)."""
+        if self.val_set is None:
+            return None
+        tc = self.tcfg.training
+        sampler = BucketBatchSampler(self.val_set.lengths(), tc.batch_size, tc.max_tokens, shuffle=False,
+                                     num_replicas=self.dist.world_size, rank=self.dist.rank)
+        was_training = self.model.training
+        self.model.eval()
+        sums = torch.zeros(4, device=self.device)  # loss*n, ce*n, correct, n
+        for batch in self._loader(self.val_set, sampler):
+            b = self._to_device(batch)
+            lo = self._forward_loss(self.model, b, None)
+            n = lo.n_tokens.float()
+            sums += torch.stack([lo.total.float() * n, lo.ce.float() * n, lo.accuracy.float() * n, n])
+        self.model.train(was_training)
+        all_reduce_sum(sums)
+        n = max(float(sums[3]), 1.0)
+        return {"val/loss": float(sums[0]) / n, "val/ce": float(sums[1]) / n, "val/accuracy": float(sums[2]) / n}
+
+    def _after_validation(self, metrics: dict[str, float]) -> None:
+        """Log, update early stopping and keep the best checkpoint."""
+        vl = metrics["val/loss"]
+        self.early_stopping.step(vl, self.step)
+        metrics = {**metrics, "val/best_loss": self.early_stopping.best_loss or vl}
+        self.logger.log(metrics, self.step)
+        if self.dist.is_main:
+            tqdm.write(f"step {self.step} epoch {self.epoch}: val loss {vl:.4f} ce {metrics['val/ce']:.4f} "
+                       f"acc {metrics['val/accuracy']:.3f} (best {metrics['val/best_loss']:.4f}, "
+                       f"{self.early_stopping.bad_validations}/{self.early_stopping.patience} without improvement)")
+        best = self.ckpt.best_loss if self.ckpt is not None else None
+        improved = torch.tensor(float(best is None or vl < best), device=self.device)
+        if bool(all_reduce_max(improved) > 0):
+            self.save(val_loss=vl)
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> dict:
+        previous = {}
+
+        def handler(signum, frame):
+            log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
+            self.request_stop()
+            signal.signal(signum, previous[signum])  # a second signal acts immediately
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread: signals cannot be handled here
+                pass
+        return previous
+
+    def _stop_now(self) -> bool:
+        flag = torch.tensor(float(self._stop_requested), device=self.device)
+        return bool(all_reduce_max(flag) > 0)
+
+    def train(self) -> TrainResult:
+        tc = self.tcfg.training
+        previous = self._install_signal_handlers()
+        status = "finished"
+        max_steps = tc.max_steps if tc.max_steps is not None else math.inf
+        bar = tqdm(total=min(max_steps, tc.epochs * self.steps_per_epoch), initial=self.step,
+                   disable=not self.dist.is_main, dynamic_ncols=True, desc="train")
+        window: list[dict[str, float]] = []
+        self.model.train()
+        try:
+            while status == "finished" and self.epoch < tc.epochs and self.step < max_steps:
+                status, epoch_done = self._run_epoch(max_steps, bar, window)
+                if not epoch_done:
+                    break
+                # Epoch end: move to the next epoch, validate (unless this step just did).
+                self.epoch += 1
+                self.epoch_position = 0
+                if self.val_set is not None and self.step % tc.val_step != 0:
+                    self._after_validation(self.validate())
+                    if self.early_stopping.should_stop:
+                        status = "early_stopped"
+            if status in ("finished", "early_stopped"):
+                if self._saved_step != self.step:
+                    self.save()
+                if status == "early_stopped":
+                    log.info("early stopping at step %d: no improvement for %d validations",
+                             self.step, self.early_stopping.patience)
+                self._restore_best()
+        finally:
+            bar.close()
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+            self.logger.summary({"final_step": self.step, "status": status,
+                                 "best_val_loss": self.early_stopping.best_loss})
+            self.logger.finish()
+        return TrainResult(status, self.step, self.epoch, self.early_stopping.best_loss, self.last_checkpoint)
+
+    def _run_epoch(self, max_steps: float, bar: tqdm, window: list[dict[str, float]]) -> tuple[str, bool]:
+        """Steps through the rest of the current epoch. Returns (status, whether the epoch was exhausted)."""
+        tc = self.tcfg.training
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_position(self.epoch_position)
+        self.train_set.set_epoch(self.epoch)
+        it = iter(self._loader(self.train_set, self.sampler))
+        while self.step < max_steps:
+            self._boundary_rng = capture_rng_state()
+            micro = [b for _, b in zip(range(tc.grad_acc_step), it)]
+            if not micro:
+                return "finished", True
+            metrics = self.train_step(micro)
+            if metrics is not None:
+                self.epoch_position += len(micro) * self.dist.world_size
+            if metrics is None or self._stop_now():
+                # A stop in the middle of an accumulation cycle discards it and saves the boundary state.
+                self.save(rng=self._boundary_rng if metrics is None else None)
+                return "interrupted", False
+            window.append(metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.2e}",
+                            tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+            status = self._periodic(window)
+            if status != "finished":
+                return status, False
+        return "finished", False
+
+    def _periodic(self, window: list[dict[str, float]]) -> str:
+        """Logging, validation, saving and testing after a step; returns the run status."""
+        tc = self.tcfg.training
+        if self.nonfinite_streak >= tc.max_nonfinite_steps:
+            self.save()
+            log.error("stopping: %d optimizer steps in a row had a non-finite loss or gradient "
+                      "(training.max_nonfinite_steps = %d); last good state saved to %s",
+                      self.nonfinite_streak, tc.max_nonfinite_steps, self.last_checkpoint)
+            return "nonfinite"
+        if self.step % tc.log_step == 0:
+            avg = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
+            avg["train/lr"] = window[-1]["train/lr"]
+            avg["train/nonfinite_skips"] = window[-1]["train/nonfinite_skips"]
+            avg["train/epoch"] = float(self.epoch)
+            self.logger.log(avg, self.step)
+            window.clear()
+        if self.val_set is not None and self.step % tc.val_step == 0:
+            self._after_validation(self.validate())
+            if self.early_stopping.should_stop:
+                return "early_stopped"
+        if self.step % tc.save_step == 0 and self._saved_step != self.step:
+            self.save()
+        if self.step % tc.test_step == 0 and self.tester is not None:
+            self.tester.run(self.step, self.logger)
+        return "finished"
+
+    def _restore_best(self) -> None:
+        if not self.tcfg.early_stopping.restore_best or self.ckpt is None or self.ckpt.best_path is None:
+            return
+        best = load_checkpoint(self.ckpt.best_path, map_location=self.device)
+        self.model.load_state_dict(best["model"])
+        log.info("restored the best weights (step %s, val loss %.4f) from %s", self.ckpt.best_step,
+                 self.ckpt.best_loss, self.ckpt.best_path)
+
+
+def batch_to_model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The collate keys that ``Echolancer.forward`` takes (drops bookkeeping such as ``indices``)."""
+    return {k: v for k, v in batch.items() if k in BATCH_KEYS}
