@@ -342,8 +342,10 @@ def _load_generator(in_dir: str, dev: torch.device) -> torch.jit.ScriptModule:
 
 def _traced_input_channels(gen: nn.Module) -> Optional[int]:
     """Input mel channels of a traced generator, read from its first convolution's weight, if named so."""
+    # Folded weights, old-style weight norm (weight_v) or a parametrization's direction (original1).
+    names = ("conv_pre.weight", "conv_pre.weight_v", "conv_pre.parametrizations.weight.original1")
     for name, p in gen.named_parameters():
-        if name.startswith("conv_pre.") and p.dim() == 3 and "weight" in name and not name.endswith("weight_g"):
+        if name in names and p.dim() == 3:
             return int(p.shape[1])
     return None
 

@@ -389,6 +389,7 @@ def preprocess(
         from bertfe import BERTFrontEnd
 
         bert = BERTFrontEnd(bert_model, device=device)
+        bert.check_width(cfg.model.emotion_input_size, config_path)  # before hours of work, not after
 
     layout, rows, problems = discover(input_dir, layout)
     tokenizer = CharTokenizer()
@@ -516,7 +517,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         report = preprocess(args.input_dir, args.output_dir, args.pre_encoder_dir, args.config, args.bert_model,
                             args.val_fraction, args.workers, args.layout, args.trim_silence, args.batch_size,
                             args.device, progress=not args.no_progress)
-    except (ConfigError, ValueError, FileNotFoundError) as e:  # setup problems: one line, no traceback
+    except (ConfigError, ValueError, OSError) as e:  # setup problems: one line, no traceback
         print(f"preprocess.py: error: {e}", file=sys.stderr)
         return 2
     print_report(report, args.output_dir)

@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             args.pre_encoder_dir, args.istftnet_dir, args.test_sentences or [], args.test_speakers or [],
         )
         result = Trainer(model_cfg, train_cfg, paths, dist_info).train()
+        barrier()  # every rank is done with collectives before any tears the group down
     except (ConfigError, DataError, CheckpointError) as e:
         logging.error("%s", e)
         return 2

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from statistics import median
 
 import torch
 
@@ -93,10 +94,13 @@ def time_generation(model: Echolancer, batch: int, length: int, device: torch.de
     return best
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def step_profile(model: Echolancer, batch: int, length: int, device: torch.device, use_cache: bool,
                  window: int = 32) -> tuple[float, float]:
-    """Mean milliseconds per decoder step over the first and the last ``window`` positions."""
+    """Median milliseconds per decoder step over the first and the last ``window`` positions.
+
+    Medians rather than means: on a shared machine a few preempted steps would dominate a mean.
+    """
     spk, texts, lens = inputs(model, batch, device)
     enc = model.encode(spk, texts, lens)
     tok = torch.zeros(batch, 1, dtype=torch.long, device=device)
@@ -117,9 +121,9 @@ def step_profile(model: Echolancer, batch: int, length: int, device: torch.devic
             model.project(model.decode(prefix, enc)[:, -1])
             sync(device)
             times.append(time.perf_counter() - t0)
-        return 1e3 * sum(times[:window]) / window, 1e3 * sum(times[window:]) / window
+        return 1e3 * median(times[:window]), 1e3 * median(times[window:])
     w = min(window, length // 2)
-    return 1e3 * sum(times[1 : w + 1]) / w, 1e3 * sum(times[-w:]) / w  # skip step 0 (warm-up)
+    return 1e3 * median(times[1 : w + 1]), 1e3 * median(times[-w:])  # skip step 0 (warm-up)
 
 
 def fmt(x: float | None, spec: str) -> str:
@@ -148,8 +152,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     lengths = [int(n) for n in args.lengths.split(",")]
-    print(f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
-          f"torch {torch.__version__}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    # Other processes on the same cores slow every figure down: say how busy the machine was.
+    load = " load average {:.1f} {:.1f} {:.1f},".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
+    print(f"device={device} ({where}),{load} {os.cpu_count()} cores, torch {torch.__version__}")
 
     rows: list[Row] = []
     flat: list[str] = []
@@ -177,7 +183,7 @@ def main() -> None:
         for mode, use_cache in (("cached", True), ("uncached", False)):
             n = max(lengths)
             early, late = step_profile(model, 1, n, device, use_cache)
-            flat.append(f"{name:8s} B=1 {mode:9s} ms/step at positions 1-32: {early:7.2f}   at {n - 32}-{n}: {late:7.2f}"
+            flat.append(f"{name:8s} B=1 {mode:9s} median ms/step at positions 1-32: {early:7.2f}   at {n - 32}-{n}: {late:7.2f}"
                         f"   (late/early {late / early:.2f})")
 
     print("\n| config | params | batch | tokens | mode | time (s) | tokens/s | RTF | cached speed-up | note |")

@@ -105,7 +105,7 @@ def test_raw_state_dict_with_model_config(tmp_path):
     assert metas[0]["checkpoint_step"] is None and metas[0]["length"] > 0
 
 
-def expect_error(capsys, *argv: str) -> str:
+def expect_error(*argv: str) -> str:
     with pytest.raises(SystemExit) as e:
         run_infer(*argv)
     assert e.value.code not in (0, None)
@@ -114,7 +114,7 @@ def expect_error(capsys, *argv: str) -> str:
 
 def test_unknown_speaker_id_is_a_clear_error(tmp_path):
     save_checkpoint(tmp_path / "m.pt")
-    msg = expect_error(None, "--checkpoint", str(tmp_path / "m.pt"), "--text", "Hello.", "--speaker_id", "9",
+    msg = expect_error("--checkpoint", str(tmp_path / "m.pt"), "--text", "Hello.", "--speaker_id", "9",
                        "--output_dir", str(tmp_path / "o"))
     assert "--speaker_id 9 is not a speaker of this model: allowed ids are 0..3" in msg
     assert not (tmp_path / "o").exists()
@@ -124,7 +124,7 @@ def test_text_without_speakable_characters_is_a_clear_error(tmp_path):
     save_checkpoint(tmp_path / "m.pt")
     sentences = tmp_path / "s.txt"
     sentences.write_text("Fine.\n?!...\n", encoding="utf-8")
-    msg = expect_error(None, "--checkpoint", str(tmp_path / "m.pt"), "--text_file", str(sentences),
+    msg = expect_error("--checkpoint", str(tmp_path / "m.pt"), "--text_file", str(sentences),
                        "--output_dir", str(tmp_path / "o"))
     assert f"{sentences} line 2: '?!...' has no speakable characters" in msg
 
@@ -132,7 +132,37 @@ def test_text_without_speakable_characters_is_a_clear_error(tmp_path):
 def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
     model = save_checkpoint(tmp_path / "m.pt", overrides=("model.decoder.layer=3",))
     torch.save(model.state_dict(), tmp_path / "raw.pt")
-    msg = expect_error(None, "--checkpoint", str(tmp_path / "raw.pt"), "--model_config", TINY, "--text", "Hello.")
+    msg = expect_error("--checkpoint", str(tmp_path / "raw.pt"), "--model_config", TINY, "--text", "Hello.")
     assert "do not fit the model built from config/model_tiny.yaml" in msg and "dec_layers.2." in msg
-    msg = expect_error(None, "--checkpoint", str(tmp_path / "raw.pt"), "--text", "Hello.")
+    msg = expect_error("--checkpoint", str(tmp_path / "raw.pt"), "--text", "Hello.")
     assert "raw state dict without a model config" in msg
+
+
+def test_front_ends_give_a_16_bit_wav_of_tokens_times_hop_samples(tmp_path):
+    """Untrained but real exported components: BERT (MiniLM), pre-encoder, ISTFTNet, through pipeline.py."""
+    import soundfile as sf
+
+    import train_preencoder as tp
+    from bertfe import find_packaged_minilm
+    from istftnetfe import ISTFTNetFE
+    from model.istftnet import ISTFT, ISTFTNetGenerator
+    from model.preencoder import PreEncoder
+    from utils.config import AudioConfig
+    from utils.preencoder_config import PreEncoderConfig
+    from utils.vocoder_config import GeneratorConfig
+
+    torch.manual_seed(0)
+    pe_cfg = load_config("config/preencoder_tiny.yaml", schema=PreEncoderConfig)
+    tp.export_preencoder(PreEncoder.from_config(pe_cfg), pe_cfg, str(tmp_path / "pe"))
+    gen = ISTFTNetGenerator(GeneratorConfig(upsample_initial_channel=32), n_mels=80).eval()
+    ISTFTNetFE(gen, ISTFT(16, 4), AudioConfig()).export_ts(str(tmp_path / "voc"), 22050, devices=["cpu"])
+    save_checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "out"
+    metas = run_infer("--checkpoint", str(tmp_path / "m.pt"), "--text", "Hello there.", "--max_length", "12",
+                      "--bert_model", find_packaged_minilm(), "--pre_encoder_dir", str(tmp_path / "pe"),
+                      "--istftnet_dir", str(tmp_path / "voc"), "--output_dir", str(out))
+    meta = metas[0]
+    assert meta["files"]["wav"] == "utt_0000.wav" and meta["vocoder"] == "istftnet" and meta["sample_rate"] == 22050
+    info = sf.info(str(out / "utt_0000.wav"))
+    assert info.subtype == "PCM_16" and info.samplerate == 22050
+    assert info.frames == meta["length"] * 256 and meta["length"] == 12

@@ -68,7 +68,7 @@ def test_exported_directory_loads_back_and_equals_eager(fe, export_dir):
     loaded = ISTFTNetFE.load_ts(export_dir, "cpu")
     assert isinstance(loaded.gen, torch.jit.ScriptModule)
     assert loaded.audio == AudioConfig() and loaded.sampling_rate == 22050
-    mel = torch.randn(3, 80, 47)  # another batch size and length than the tracing example
+    mel = torch.randn(2, 80, 21)  # another batch size and length than the tracing example
     assert torch.allclose(loaded(mel), fe(mel), atol=1e-5)
 
 

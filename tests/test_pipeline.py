@@ -146,3 +146,43 @@ def test_component_mismatches_are_errors_at_build_time(parts, tmp_path):
     with pytest.raises(PipelineError, match=r"\[pre-encoder\].*not found"):
         build_synthesizer(model, tok, pre_encoder_dir=str(tmp_path / "missing"))
     assert os.path.isdir(parts["pe_dir"])
+
+
+def test_train_py_test_interval_writes_full_chain_audio_to_disk_and_wandb(parts, tmp_path, monkeypatch):
+    """train.py's test interval through the same chain: BERT + trained pre-encoder + ISTFTNet."""
+    import logging
+
+    from train import main as train_main
+    from utils.logger import find_run_dir, read_offline_history
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    handlers = logging.root.handlers[:]  # train.main() installs a file handler; restore afterwards
+    out = tmp_path / "run"
+    try:
+        code = train_main([
+            "--model_config", "config/model_tiny.yaml", "--train_config", "config/train_tiny.yaml",
+            "--train_data_dir", str(tmp_path / "train"), "--create_dummy", "--dummy_files", "8",
+            "--output_dir", str(out), "--bert_model", find_packaged_minilm(),
+            "--pre_encoder_dir", parts["pe_dir"], "--istftnet_dir", parts["voc_dir"],
+            "--test_sentences", "Hello there.", "--test_speakers", "1", "3",
+            "--set", "training.max_steps=2", "--set", "training.test_step=2", "--set", "training.batch_size=4",
+            "--set", "training.test_max_length=8", "--set", "training.test_temperature=0.0",
+            "--set", "training.val_step=1000", "--set", "training.save_step=1000",
+        ])
+    finally:
+        for h in logging.root.handlers:
+            if h not in handlers:
+                h.close()
+        logging.root.handlers[:] = handlers
+    assert code == 0
+    folder = out / "samples" / "step_0000002"
+    names = sorted(os.listdir(folder))
+    assert names == ["00_spk1.wav", "01_spk3.wav"]
+    frames = []
+    for name in names:
+        info = sf.info(folder / name)
+        assert info.samplerate == 22050 and info.frames % 256 == 0 and 0 < info.frames <= 8 * 256
+        frames.append(info.frames // 256)
+    rows = {r["_step"]: r for r in read_offline_history(find_run_dir(str(out)))}
+    assert rows[2]["test/audio_00/_type"] == "audio-file" and rows[2]["test/audio_01/_type"] == "audio-file"
+    assert rows[2]["test/mean_tokens"] == pytest.approx(np.mean(frames))  # one token = one mel frame = 256 samples

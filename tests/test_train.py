@@ -11,6 +11,7 @@ import torch
 
 from data.dataset import Collate, EcholancerDataset
 from data.dummy import create_dummy_data_files
+from train import main as train_main
 from training.trainer import RunPaths, Trainer
 from utils.checkpoint import load_checkpoint
 from utils.config import load_configs
@@ -21,6 +22,33 @@ from utils.scheduler import lr_multiplier
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_CFG = os.path.join(ROOT, "config/model_tiny.yaml")
 TRAIN_CFG = os.path.join(ROOT, "config/train_tiny.yaml")
+
+
+# Tiny models on a shared 2-core machine: one intra-op thread is several times faster than two
+# threads competing with other processes (and the subprocesses get OMP_NUM_THREADS=1).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def restore_logging():
+    # train.main() configures the root logger (a file handler in its output_dir); undo it afterwards.
+    import logging
+
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    for h in logging.root.handlers:
+        if h not in handlers:
+            h.close()
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +66,9 @@ BASE = ["training.batch_size=4", "training.grad_acc_step=2", "training.log_step=
         "scheduler.total_steps=8"]
 
 
-def make_trainer(data, out, overrides=(), resume=None) -> Trainer:
+def make_trainer(data, out, overrides=(), resume=None, **paths_kw) -> Trainer:
     mcfg, tcfg = load_configs(MODEL_CFG, TRAIN_CFG, BASE + list(overrides))
-    paths = RunPaths(data[0], data[1], str(out), resume=resume)
+    paths = RunPaths(data[0], data[1], str(out), resume=resume, **paths_kw)
     return Trainer(mcfg, tcfg, paths, DistInfo())
 
 
@@ -61,14 +89,14 @@ def no_wandb(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
 
 
-def test_cli_run_writes_checkpoints_and_an_offline_wandb_run_with_the_logged_metrics(tmp_path):
+def test_cli_run_writes_checkpoints_and_an_offline_wandb_run_with_the_logged_metrics(tmp_path, restore_logging):
     out = tmp_path / "run"
     cmd = [sys.executable, "train.py", "--model_config", MODEL_CFG, "--train_config", TRAIN_CFG,
            "--train_data_dir", str(tmp_path / "train"), "--val_data_dir", str(tmp_path / "val"),
            "--output_dir", str(out), "--create_dummy", "--dummy_files", "16",
            "--set", "training.max_steps=6", "--set", "training.log_step=2", "--set", "training.val_step=3",
            "--set", "training.save_step=3", "--set", "model.decoder.layer=1", "--set", "scheduler.warmup_steps=4"]
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    env = {**ENV, "WANDB_MODE": "offline"}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     ck = load_checkpoint(out / "ckpt")
@@ -90,9 +118,9 @@ def test_cli_run_writes_checkpoints_and_an_offline_wandb_run_with_the_logged_met
         assert row["train/grad_norm"] > 0 and row["train/tokens_per_s"] > 0 and 0 <= row["train/accuracy"] <= 1
     assert [row["_step"] for row in rows if "val/loss" in row][:2] == [2, 3]  # epoch end (16 files / 8), val_step
 
-    bad = subprocess.run(cmd[:-2] + ["--set", "training.no_such_key=1"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "no_such_key" in bad.stderr
+    # A --set key in neither config stops before training, naming the key (exit status 2).
+    assert train_main(cmd[2:-2] + ["--set", "training.no_such_key=1"]) == 2
+    assert "'training.no_such_key' is a key of neither" in (out / "train.log").read_text()
 
 
 @pytest.mark.usefixtures("no_wandb")
@@ -167,12 +195,12 @@ def test_nonfinite_losses_skip_steps_then_stop_with_a_checkpoint(data, tmp_path,
     assert_bitwise_equal(ck["model"], before)  # no update was applied
 
 
-def test_sigint_saves_a_checkpoint_exits_cleanly_and_the_run_resumes(data, tmp_path):
+def test_sigint_saves_a_checkpoint_exits_cleanly_and_the_run_resumes(data, tmp_path, monkeypatch, restore_logging):
     out = tmp_path / "sig"
     cmd = [sys.executable, "train.py", "--model_config", MODEL_CFG, "--train_config", TRAIN_CFG,
            "--train_data_dir", data[0], "--output_dir", str(out),
            "--set", "training.max_steps=100000", "--set", "training.save_step=2", "--set", "training.epochs=100000"]
-    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env = {**ENV, "WANDB_MODE": "disabled"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / "ckpt" / "ckpt_000000002.pt").exists():
@@ -186,8 +214,43 @@ def test_sigint_saves_a_checkpoint_exits_cleanly_and_the_run_resumes(data, tmp_p
     assert ck["step"] >= 2
     stop_step = ck["step"]
 
-    resumed = subprocess.run(cmd[:-6] + ["--resume", str(out / "ckpt"), "--set", f"training.max_steps={stop_step + 2}"],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from {out / 'ckpt'} at step {stop_step}" in resumed.stderr
+    # Resumed in-process (same flags) from the ckpt/ directory: continues from the saved step.
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert train_main(cmd[2:-6] + ["--resume", str(out / "ckpt"), "--set", f"training.max_steps={stop_step + 2}"]) == 0
+    assert f"resumed from {out / 'ckpt'} at step {stop_step}" in (out / "train.log").read_text()
     assert load_checkpoint(out / "ckpt")["step"] == stop_step + 2
+
+
+def test_test_interval_writes_wavs_logs_audio_and_leaves_training_unchanged(data, tmp_path, monkeypatch, caplog):
+    import train_preencoder as tp
+    from model.preencoder import PreEncoder
+    from utils.config import config_from_dict
+    from utils.preencoder_config import PreEncoderConfig
+
+    pe_cfg = config_from_dict(PreEncoderConfig, {"model": {"generator": {"hidden": 16, "encoder_blocks": 0,
+                                                                          "decoder_blocks": 0}}})
+    tp.export_preencoder(PreEncoder.from_config(pe_cfg), pe_cfg, str(tmp_path / "pe"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    gen = ["training.max_steps=2", "training.test_max_length=6", "training.test_temperature=0.0",
+           "training.val_step=1000"]
+    tested = make_trainer(data, tmp_path / "t", gen + ["training.test_step=1"], pre_encoder_dir=str(tmp_path / "pe"),
+                          test_sentences=["Hello there.", "Good night!"], test_speakers=[1, 2])
+    tested.train()
+    wavs = sorted(os.listdir(tmp_path / "t" / "samples" / "step_0000002"))
+    assert wavs == ["00_spk1.wav", "01_spk2.wav", "02_spk1.wav", "03_spk2.wav"]
+    rows = {r["_step"]: r for r in read_offline_history(find_run_dir(str(tmp_path / "t")))}
+    assert rows[1]["test/audio_03/_type"] == "audio-file" and rows[2]["test/mel_00/_type"] == "image-file"
+    assert 0 < rows[2]["test/mean_tokens"] <= 6
+
+    # Generation runs under a forked RNG: the weights equal those of a run that never tested.
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    untested = make_trainer(data, tmp_path / "u", gen)
+    untested.train()
+    assert_bitwise_equal(weights(tested.model), weights(untested.model))
+
+    # Without a pre-encoder there is no audio; the reason is logged once.
+    caplog.set_level("INFO", logger="echolancer.train")
+    tokens_only = make_trainer(data, tmp_path / "n", gen + ["training.test_step=1"])
+    tokens_only.train()
+    assert len([r for r in caplog.records if "no --pre_encoder_dir" in r.getMessage()]) == 1
+    assert not os.listdir(tmp_path / "n" / "samples" / "step_0000002")

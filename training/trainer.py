@@ -174,6 +174,7 @@ class Trainer:
                 self.model, self.tokenizer, paths.output_dir,
                 paths.test_sentences or tc.test_sentences, paths.test_speakers or tc.test_speakers,
                 paths.bert_model, paths.pre_encoder_dir, paths.istftnet_dir, self.device, seed=tc.seed,
+                gen_kwargs={"max_length": tc.test_max_length, "temperature": tc.test_temperature},
             )
         self._stop_requested = False
         self._boundary_rng: Optional[dict] = None
@@ -346,12 +347,11 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         all_reduce_sum(totals)
-        W = self.dist.world_size
         dt = time.perf_counter() - t0
         return {
-            "train/loss": float(totals[0]) / W,
-            "train/ce": float(totals[1]) / W,
-            "train/stop": float(totals[2]) / W,
+            "train/loss": float(totals[0]),
+            "train/ce": float(totals[1]),
+            "train/stop": float(totals[2]),
             "train/accuracy": float(totals[3]) / max(float(n_global), 1.0),
             "train/grad_norm": float(grad_norm),
             "train/lr": lr,

@@ -472,12 +472,16 @@ class TrainingSection:
     max_nonfinite_steps: int = 5
     test_sentences: list[str] = field(default_factory=list)
     test_speakers: list[int] = field(default_factory=lambda: [0])
+    test_max_length: int = 1000  # codec tokens per test utterance (bounds generation time)
+    test_temperature: float = 1.0  # 0 = greedy
 
     def check(self) -> None:
         _require(self.batch_size > 0, "batch_size must be > 0")
         _require(self.grad_acc_step >= 1, "grad_acc_step must be >= 1")
         _require(self.epochs >= 1, "epochs must be >= 1")
-        for name in ("log_step", "val_step", "save_step", "test_step", "keep_last"):
+        _require(self.test_temperature >= 0.0, "test_temperature must be >= 0")
+        for name in ("log_step", "val_step", "save_step", "test_step", "keep_last", "test_max_length",
+                     "max_nonfinite_steps"):
             _require(getattr(self, name) > 0, f"{name} must be > 0")
 
 

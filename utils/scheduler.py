@@ -17,8 +17,8 @@ Step ``s`` is the number of optimizer updates already done (0 for the first upda
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR

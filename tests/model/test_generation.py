@@ -271,6 +271,15 @@ def test_infer_method_delegates_to_generate():
     assert torch.equal(direct.tokens, via.tokens)
 
 
+def test_results_are_ordinary_tensors_callers_can_modify():
+    model = make_model()
+    spk, texts, lens = make_batch()
+    res = generate(model, spk, texts, lens, max_length=8, temperature=0.0)
+    res.tokens[:, 0] = 0  # an inference-mode tensor would refuse in-place updates here
+    res.gate.mul_(2.0)
+    assert not res.tokens.is_inference() and (res.tokens[:, 0] == 0).all()
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -286,3 +295,20 @@ def test_bad_arguments_are_named_in_the_error(kwargs, message):
     with pytest.raises(ValueError) as e:
         generate(model, spk, texts, lens, **kwargs)
     assert message in str(e.value)
+
+
+def test_vq_token_mode_conditions_on_the_reference_utterance():
+    model = make_model("model.vq_token_mode=true", "model.multi_speaker=false")
+    _, texts, lens = make_batch()
+    g = torch.Generator().manual_seed(3)
+    ref = torch.randint(0, 1000, (3, 20), generator=g)
+    ref_lens = torch.tensor([20, 11, 5])
+    res = generate(model, None, texts, lens, max_length=MAX_LEN, temperature=0.0, vq_tokens=ref, vq_token_lens=ref_lens)
+    alone = generate(model, None, texts[1:2, :7], lens[1:2], max_length=MAX_LEN, temperature=0.0,
+                     vq_tokens=ref[1:2, :11], vq_token_lens=ref_lens[1:2])
+    assert torch.equal(res.tokens[1], alone.tokens[0])  # reference padding does not leak in
+    other = generate(model, None, texts, lens, max_length=MAX_LEN, temperature=0.0,
+                     vq_tokens=ref.flip(0), vq_token_lens=ref_lens.flip(0))
+    assert not torch.equal(res.tokens, other.tokens)  # the reference changes the output
+    with pytest.raises(ValueError, match="vq_token_mode: pass the reference utterance"):
+        generate(model, None, texts, lens, max_length=4)

@@ -1,0 +1,302 @@
+"""The whole chain in one command: corpus -> pre-encoder -> vocoder -> preprocess -> Echolancer -> ASR scores.
+
+    python demo.py --profile tiny          # 2-core CPU, about three minutes; WER ~100 % (tiny training)
+    python demo.py --profile gpu           # one GPU; sized for about an hour
+    python demo.py --profile tiny --dry_run            # print the commands only
+    python demo.py --profile tiny --stages evaluate    # redo one stage (the others must be done)
+
+Each stage runs the project's real script as a subprocess, exactly the command a user would type
+(``--dry_run`` prints them), with its output in ``WORK/logs/<stage>.log``:
+
+    corpus      scripts/make_corpus.py   own sentences -> Piper voice -> WORK/corpus/{train,eval}
+    preencoder  train_preencoder.py      WAVs -> FSQ mel codec      -> WORK/preencoder/export
+    vocoder     train_vocoder.py         WAVs -> ISTFTNet vocoder   -> WORK/vocoder/export
+    preprocess  preprocess.py            corpus -> .pt token files  -> WORK/data/{train,val}
+    echolancer  train.py                 tokens -> Echolancer       -> WORK/echolancer/ckpt
+    evaluate    evaluate.py --ladder     held-out sentences -> Whisper -> WORK/eval/eval_report.json
+
+A finished stage leaves ``WORK/.done/<stage>``; a rerun skips it (``--fresh`` starts over). The
+profile (``config/demo_<name>.yaml`` or any YAML path) says which configs, step counts and
+overrides each stage uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from utils.config import ConfigError, load_config
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+STAGES = ("corpus", "preencoder", "vocoder", "preprocess", "echolancer", "evaluate")
+
+
+# --------------------------------------------------------------------------------------------
+# Profile schema (validated like every other config: unknown keys and wrong types are errors)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CorpusProfile:
+    train_sentences: list[str] = field(default_factory=lambda: ["scripts/sentences/train.txt"])
+    eval_sentences: str = "scripts/sentences/eval.txt"
+    voices: list[str] = field(default_factory=lambda: ["joe"])  # several = multi-speaker corpus
+    train_limit: Optional[int] = None
+    eval_limit: Optional[int] = None
+
+
+@dataclass
+class TrainerProfile:
+    config: str = ""
+    overrides: list[str] = field(default_factory=list)  # --set dotted.key=value
+
+
+@dataclass
+class PreprocessProfile:
+    bert_model: Optional[str] = "minilm"  # "minilm" = the all-MiniLM-L6-v2 shipped on PyPI; null = none
+    val_fraction: float = 0.1
+    workers: int = 0
+
+
+@dataclass
+class EcholancerProfile:
+    model_config: str = "config/model_tiny.yaml"
+    train_config: str = "config/train_tiny.yaml"
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvaluateProfile:
+    ladder: bool = True
+    limit: Optional[int] = None
+    batch_size: int = 8
+    max_length: int = 1000
+    temperature: float = 1.0
+    top_k: int = 0
+
+
+@dataclass
+class DemoProfile:
+    device: str = "cpu"
+    corpus: CorpusProfile = field(default_factory=CorpusProfile)
+    preencoder: TrainerProfile = field(default_factory=lambda: TrainerProfile("config/preencoder_tiny.yaml"))
+    vocoder: TrainerProfile = field(default_factory=lambda: TrainerProfile("config/istftnet_tiny.yaml"))
+    preprocess: PreprocessProfile = field(default_factory=PreprocessProfile)
+    echolancer: EcholancerProfile = field(default_factory=EcholancerProfile)
+    evaluate: EvaluateProfile = field(default_factory=EvaluateProfile)
+
+
+def load_profile(name_or_path: str) -> tuple[DemoProfile, str]:
+    """``tiny`` -> ``config/demo_tiny.yaml``; a path is read as it is."""
+    path = name_or_path
+    if not os.path.isfile(path):
+        path = os.path.join(ROOT, "config", f"demo_{name_or_path}.yaml")
+    if not os.path.isfile(path):
+        found = sorted(f[5:-5] for f in os.listdir(os.path.join(ROOT, "config")) if f.startswith("demo_"))
+        raise ConfigError(f"--profile {name_or_path!r}: no such file or profile; profiles: {', '.join(found)}")
+    return load_config(path, schema=DemoProfile), path
+
+
+# --------------------------------------------------------------------------------------------
+# The plan: one command per stage
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    stage: str
+    commands: list[list[str]]
+    outputs: list[str]  # what a later stage needs from this one (checked after it ran)
+    clean: list[str] = field(default_factory=list)  # removed before a (re)run: trainers start over
+
+
+def _abs(path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(ROOT, path)
+
+
+def resolve_bert(name: Optional[str]) -> Optional[str]:
+    if name != "minilm":
+        return name
+    from bertfe import find_packaged_minilm
+
+    return find_packaged_minilm()
+
+
+def plan(p: DemoProfile, work: str, wandb_mode: str) -> list[Step]:
+    """The commands of every stage, in order."""
+    py = sys.executable
+    corpus_train, corpus_eval = os.path.join(work, "corpus", "train"), os.path.join(work, "corpus", "eval")
+    pre_dir, voc_dir = os.path.join(work, "preencoder"), os.path.join(work, "vocoder")
+    pre_export, voc_export = os.path.join(pre_dir, "export"), os.path.join(voc_dir, "export")
+    data, el_dir = os.path.join(work, "data"), os.path.join(work, "echolancer")
+    bert = resolve_bert(p.preprocess.bert_model)
+    c = p.corpus
+
+    def sets(overrides: list[str]) -> list[str]:
+        return [a for o in overrides for a in ("--set", o)]
+
+    def voices(vs: list[str]) -> list[str]:
+        return [a for v in vs for a in ("--voice", v)]
+
+    make = [py, _abs("scripts/make_corpus.py")]
+    corpus = [
+        make + ["--sentences", *map(_abs, c.train_sentences), "--output_dir", corpus_train, *voices(c.voices)]
+        + (["--limit", str(c.train_limit)] if c.train_limit else []),
+        # Held-out sentences in the first voice (speaker 0): the references of the ladder.
+        make + ["--sentences", _abs(c.eval_sentences), "--output_dir", corpus_eval, *voices(c.voices[:1])]
+        + (["--limit", str(c.eval_limit)] if c.eval_limit else []),
+    ]
+    preencoder = [py, _abs("train_preencoder.py"), "--config", _abs(p.preencoder.config), "--data_dir", corpus_train,
+                  "--output_dir", pre_dir, "--device", p.device, *sets(p.preencoder.overrides)]
+    vocoder = [py, _abs("train_vocoder.py"), "--config", _abs(p.vocoder.config), "--data_dir", corpus_train,
+               "--output_dir", voc_dir, "--export", "--device", p.device, *sets(p.vocoder.overrides)]
+    prep = [py, _abs("preprocess.py"), "--input_dir", corpus_train, "--output_dir", data, "--pre_encoder_dir",
+            pre_export, "--config", _abs(p.echolancer.model_config), "--val_fraction", str(p.preprocess.val_fraction),
+            "--workers", str(p.preprocess.workers), "--device", p.device, "--no_progress"]
+    prep += ["--bert_model", bert] if bert else []
+    train = [py, _abs("train.py"), "--model_config", _abs(p.echolancer.model_config),
+             "--train_config", _abs(p.echolancer.train_config), "--train_data_dir", os.path.join(data, "train"),
+             "--val_data_dir", os.path.join(data, "val"), "--output_dir", el_dir, "--device", p.device,
+             *sets(p.echolancer.overrides + [f"wandb.mode={wandb_mode}"])]
+    e = p.evaluate
+    evaluate = [py, _abs("evaluate.py"), "--reference_dir", corpus_eval, "--checkpoint",
+                os.path.join(el_dir, "ckpt", "best.pt"), "--pre_encoder_dir", pre_export, "--istftnet_dir", voc_export,
+                "--output_dir", os.path.join(work, "eval"), "--batch_size", str(e.batch_size),
+                "--max_length", str(e.max_length), "--temperature", str(e.temperature), "--top_k", str(e.top_k),
+                "--device", p.device, "--wandb_mode", wandb_mode]
+    evaluate += (["--ladder"] if e.ladder else []) + (["--limit", str(e.limit)] if e.limit else [])
+    evaluate += ["--bert_model", bert] if bert else []
+    return [
+        # make_corpus.py and preprocess.py resume by themselves; the trainers start over.
+        Step("corpus", corpus, [corpus_train, os.path.join(corpus_eval, "metadata.csv")]),
+        Step("preencoder", [preencoder], [os.path.join(pre_export, "model_cpu.pt")], [pre_dir]),
+        Step("vocoder", [vocoder], [os.path.join(voc_export, "istft_cpu.pt")], [voc_dir]),
+        Step("preprocess", [prep], [os.path.join(data, "qa_report.json")]),
+        Step("echolancer", [train], [os.path.join(el_dir, "ckpt", "best.pt")], [el_dir]),
+        Step("evaluate", [evaluate], [os.path.join(work, "eval", "eval_report.json")]),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Running it
+# --------------------------------------------------------------------------------------------
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def _tail(path: str, lines: int = 25) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return "".join(f.readlines()[-lines:])
+
+
+def run_step(step: Step, work: str, index: int, total: int) -> float:
+    """Run a stage's commands; output to ``WORK/logs/<stage>.log``. Returns the seconds it took."""
+    log_path = os.path.join(work, "logs", f"{step.stage}.log")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    print(f"[{index}/{total}] {step.stage} ...", end="", flush=True)
+    for path in step.clean:
+        shutil.rmtree(path, ignore_errors=True)
+    t0 = time.perf_counter()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="5")
+    with open(log_path, "w", encoding="utf-8") as log:
+        for cmd in step.commands:
+            log.write("$ " + " ".join(cmd) + "\n")
+            log.flush()
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+            if proc.returncode != 0:
+                print(" FAILED")
+                raise StageFailed(f"stage '{step.stage}' failed (exit status {proc.returncode}) running:\n  "
+                                  + " ".join(cmd) + f"\nlast lines of {log_path}:\n{_tail(log_path)}")
+    missing = [o for o in step.outputs if not os.path.exists(o)]
+    if missing:
+        print(" FAILED")
+        raise StageFailed(f"stage '{step.stage}' finished but did not write {', '.join(missing)}; see {log_path}")
+    seconds = time.perf_counter() - t0
+    print(f" done in {seconds:.1f} s  (log: {os.path.relpath(log_path)})")
+    return seconds
+
+
+def run_demo(profile: DemoProfile, work: str, stages: list[str], wandb_mode: str, dry_run: bool = False,
+             redo: bool = False) -> dict:
+    """Run the selected stages in order; a stage already done is skipped unless ``redo``.
+
+    Returns the summary also written to ``WORK/demo_summary.json``: seconds per stage, and the
+    evaluation table and metrics when the evaluation has run.
+    """
+    steps = plan(profile, work, wandb_mode)
+    if dry_run:
+        for s in steps:
+            for cmd in s.commands:
+                print(f"# {s.stage}\n" + " ".join(cmd))
+        return {}
+    done_dir = os.path.join(work, ".done")
+    os.makedirs(done_dir, exist_ok=True)
+    times: dict[str, float] = {}
+    t_all = time.perf_counter()
+    for i, step in enumerate(steps, 1):
+        marker = os.path.join(done_dir, step.stage)
+        if step.stage not in stages:
+            continue
+        if os.path.exists(marker) and not redo:
+            print(f"[{i}/{len(steps)}] {step.stage}: already done, skipped (--fresh to start over)")
+            continue
+        times[step.stage] = round(run_step(step, work, i, len(steps)), 1)
+        open(marker, "w").close()
+    summary = {"work_dir": work, "stage_seconds": times, "total_seconds": round(time.perf_counter() - t_all, 1)}
+    report_path = os.path.join(work, "eval", "eval_report.json")
+    if os.path.isfile(report_path):
+        with open(report_path, encoding="utf-8") as f:
+            report = json.load(f)
+        summary["table"] = report["table"]
+        summary["stages"] = {k: {m: v[m] for m in ("wer", "cer", "stop_failure_rate", "length_ratio", "rtf")}
+                             for k, v in report["stages"].items()}
+        print("\n" + report["table"])
+    with open(os.path.join(work, "demo_summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    print(f"\ndemo finished in {summary['total_seconds']:.0f} s; everything is under {work}")
+    return summary
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="tiny", help="tiny, gpu, or a YAML path (config/demo_*.yaml)")
+    p.add_argument("--work_dir", default=None, help="default: outputs/demo_<profile>")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="run only these")
+    p.add_argument("--device", default=None, help="override the profile's device")
+    p.add_argument("--fresh", action="store_true", help="delete the work directory first")
+    p.add_argument("--wandb_mode", default="offline", choices=["online", "offline", "disabled"])
+    p.add_argument("--dry_run", action="store_true", help="print the commands and stop")
+    args = p.parse_args(argv)
+    try:
+        profile, path = load_profile(args.profile)
+    except ConfigError as e:
+        print(f"demo.py: error: {e}", file=sys.stderr)
+        return 2
+    if args.device:
+        profile.device = args.device
+    name = os.path.splitext(os.path.basename(path))[0].removeprefix("demo_")
+    work = os.path.abspath(args.work_dir or os.path.join("outputs", f"demo_{name}"))
+    if args.fresh and os.path.isdir(work) and not args.dry_run:
+        shutil.rmtree(work)
+    if not args.dry_run:
+        print(f"demo: profile {path}, device {profile.device}, work dir {work}")
+    try:
+        # Stages named with --stages are redone even if finished; by default finished ones are skipped.
+        run_demo(profile, work, args.stages, args.wandb_mode, args.dry_run, redo=args.stages != list(STAGES))
+    except StageFailed as e:
+        print(f"demo.py: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

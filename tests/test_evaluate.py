@@ -1,0 +1,124 @@
+"""evaluate.py and utils/asr.py: ASR-scored synthesis, on clips whose text is known."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from evaluate import main
+from model.echolancer import Echolancer
+from scripts.make_corpus import make_corpus
+from utils.asr import normalize_for_scoring, score_texts
+from utils.char_tokenizer import CharTokenizer
+from utils.config import TrainConfig, config_to_dict, load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "config", "model_tiny.yaml")
+SENTENCES = ["The green door at the end of the hall was locked.", "Please close the window before the rain comes in."]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_corpus")
+    make_corpus(SENTENCES, str(root / "speech"))
+    return root / "speech"
+
+
+@pytest.fixture(scope="module")
+def noise(corpus, tmp_path_factory):
+    """The same metadata, but every clip is white noise of the same length."""
+    root = tmp_path_factory.mktemp("noise") / "noise"
+    (root / "wavs").mkdir(parents=True)
+    (root / "metadata.csv").write_text((corpus / "metadata.csv").read_text())
+    rng = np.random.default_rng(0)
+    for wav in (corpus / "wavs").iterdir():
+        n = sf.info(str(wav)).frames
+        sf.write(root / "wavs" / wav.name, (0.3 * rng.standard_normal(n)).astype(np.float32), 22050)
+    return root
+
+
+def run(*argv) -> dict:
+    out = argv[argv.index("--output_dir") + 1]
+    assert main([*argv, "--wandb_mode", "disabled"]) == 0
+    with open(os.path.join(out, "eval_report.json")) as f:
+        return json.load(f)
+
+
+def test_scoring_ignores_case_punctuation_and_how_numbers_are_written():
+    assert normalize_for_scoring('Dr. Smith paid $3 for "twenty-one" apples, didn\'t he?') == \
+        "doctor smith paid three dollars for twenty one apples didn't he"
+    rates = score_texts(["Seven boats left at 9."], ["seven boats left at nine"])
+    assert rates.wer == 0.0 and rates.cer == 0.0
+
+
+def test_rates_are_summed_over_the_corpus_not_averaged_per_sentence():
+    rates = score_texts(["one two three four", "five six"], ["one two three four", "five"])
+    # One deletion out of six reference words (a per-sentence mean would give 25 %).
+    assert rates.wer == pytest.approx(1 / 6)
+    assert (rates.deletions, rates.substitutions, rates.insertions, rates.ref_words) == (1, 0, 0, 6)
+    assert [u.wer for u in rates.utterances] == [0.0, 0.5]
+    with pytest.raises(ValueError, match="no words"):
+        score_texts(["..."], ["anything"])
+
+
+def test_recordings_are_understood_and_noise_is_not(corpus, noise, tmp_path):
+    speech = run("--reference_dir", str(corpus), "--output_dir", str(tmp_path / "speech"))
+    gt = speech["stages"]["ground_truth"]
+    assert gt["utterances"] == 2
+    assert gt["wer"] < 0.25  # Piper's voice through Whisper tiny.en: nearly word-perfect
+    assert gt["per_utterance"][0]["text"] == SENTENCES[0]
+    assert os.path.isfile(tmp_path / "speech" / gt["per_utterance"][0]["wav"])
+    assert "| ground_truth | 2 |" in speech["table"]
+
+    hiss = run("--reference_dir", str(noise), "--output_dir", str(tmp_path / "noise"))
+    assert hiss["stages"]["ground_truth"]["wer"] >= 0.9
+
+
+def test_ladder_scores_the_stages_it_has_components_for_and_names_the_rest(corpus, tmp_path):
+    report = run("--ladder", "--reference_dir", str(corpus), "--output_dir", str(tmp_path / "ladder"))
+    assert list(report["stages"]) == ["ground_truth", "griffin_lim"]
+    gl = report["stages"]["griffin_lim"]
+    assert gl["wer"] < 0.6  # Griffin-Lim from the true mel stays intelligible
+    assert gl["rtf"] is not None and gl["rtf"] > 0
+    assert any(n.startswith("vocoder: skipped") for n in report["notes"])
+    assert any(n.startswith("model: skipped") for n in report["notes"])
+
+
+def _untrained_checkpoint(path) -> Echolancer:
+    cfg = load_config(TINY)
+    torch.manual_seed(0)
+    model = Echolancer.from_config(cfg).eval()
+    torch.save({"format_version": 1, "model": model.state_dict(), "model_config": config_to_dict(cfg),
+                "train_config": config_to_dict(TrainConfig()), "tokenizer": CharTokenizer().to_dict(),
+                "special_tokens": {"codebook_size": model.codebook_size, "bos_id": model.bos_id,
+                                   "eos_id": model.eos_id, "pad_id": model.pad_id}, "step": 5}, path)
+    return model
+
+
+def test_model_stage_counts_stop_failures_and_length_ratio(corpus, tmp_path):
+    from model.preencoder import PreEncoder
+    from train_preencoder import export_preencoder
+    from utils.preencoder_config import PreEncoderConfig
+
+    _untrained_checkpoint(tmp_path / "m.pt")
+    pcfg = load_config(os.path.join(ROOT, "config", "preencoder_tiny.yaml"), schema=PreEncoderConfig)
+    export_preencoder(PreEncoder.from_config(pcfg), pcfg, str(tmp_path / "pre"))
+    # An untrained model never predicts EOS greedily: every sentence runs to max_length.
+    report = run("--checkpoint", str(tmp_path / "m.pt"), "--pre_encoder_dir", str(tmp_path / "pre"),
+                 "--reference_dir", str(corpus), "--output_dir", str(tmp_path / "out"),
+                 "--max_length", "20", "--temperature", "0", "--batch_size", "2", "--speakers", "0", "1")
+    assert list(report["stages"]) == ["ground_truth", "model"]
+    model = report["stages"]["model"]
+    assert report["checkpoint_step"] == 5
+    assert model["utterances"] == 4  # two sentences x two speakers, in one batch of two at a time
+    assert model["stop_failure_rate"] == 1.0
+    assert [u["speaker"] for u in model["per_utterance"]] == [0, 1, 0, 1]
+    seconds = 20 * 256 / 22050
+    ref = [sf.info(str(p)).duration for p in sorted((corpus / "wavs").glob("*.wav"))]
+    assert model["length_ratio"] == pytest.approx(np.mean([seconds / r for r in ref for _ in (0, 1)]), abs=1e-3)
+    assert model["rtf"] > 0
+    wav, sr = sf.read(str(tmp_path / "out" / model["per_utterance"][0]["wav"]))
+    assert (len(wav), sr) == (20 * 256, 22050)

@@ -1,0 +1,194 @@
+"""train_vocoder.py: config, data, GAN steps, checkpoint + resume, W&B logging and export (tiny, CPU)."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import train_vocoder
+from istftnetfe import ISTFTNetFE
+from train_vocoder import SegmentDataset, VocoderTrainer, split_files
+from utils.checkpoint import load_checkpoint
+from utils.config import AudioConfig, ConfigError, load_config
+from utils.logger import find_run_dir, read_offline_history
+from utils.vocoder_config import VocoderConfig
+
+SR = 22050
+TINY = "config/istftnet_tiny.yaml"
+# Smaller still than the tiny config, so that a GAN step costs well under a second on 2 cores.
+FAST = ["generator.upsample_initial_channel=32", "training.segment_size=2048", "discriminator.periods=[2,3]",
+        "discriminator.msd_scales=2"]
+
+
+def write_wavs(folder) -> str:
+    """A chirp, white noise and a clip shorter than a training segment."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    t = np.arange(int(0.6 * SR)) / SR
+    chirp = 0.4 * np.sin(2 * np.pi * (200 * t + 2000 * t**2))
+    sf.write(os.path.join(folder, "chirp.wav"), chirp.astype(np.float32), SR)
+    sf.write(os.path.join(folder, "noise.wav"), (0.1 * rng.standard_normal(int(0.5 * SR))).astype(np.float32), SR)
+    sf.write(os.path.join(folder, "short.wav"), (0.3 * np.sin(2 * np.pi * 440 * t[:1500])).astype(np.float32), SR)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def wav_dir(tmp_path_factory) -> str:
+    return write_wavs(tmp_path_factory.mktemp("wavs"))
+
+
+def fast_config(*extra: str) -> VocoderConfig:
+    return load_config(TINY, FAST + list(extra), schema=VocoderConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Config and data
+# --------------------------------------------------------------------------------------------
+
+
+def test_shipped_configs_turn_one_mel_frame_into_one_hop():
+    for path in ("config/istftnet.yaml", TINY):
+        cfg = load_config(path, schema=VocoderConfig)
+        assert cfg.audio == AudioConfig()  # the shared settings of DESIGN.md
+        assert cfg.generator.samples_per_frame == 256
+    assert load_config("config/istftnet.yaml", schema=VocoderConfig).generator.upsample_initial_channel == 512
+
+
+def test_inconsistent_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="audio.hop_length"):
+        load_config(TINY, ["generator.upsample_rates=[8,4]", "generator.upsample_kernel_sizes=[16,8]"],
+                    schema=VocoderConfig)
+    with pytest.raises(ConfigError, match="segment_size"):
+        load_config(TINY, ["training.segment_size=3000"], schema=VocoderConfig)
+    with pytest.raises(ConfigError, match="1.0e-6"):
+        load_config(TINY, ["optimizer.learning_rate='1e-6'"], schema=VocoderConfig)
+
+
+def test_segments_are_crops_of_the_file_or_zero_padded(wav_dir):
+    long_path, short_path = os.path.join(wav_dir, "chirp.wav"), os.path.join(wav_dir, "short.wav")
+    full = sf.read(long_path, dtype="float32")[0]
+    torch.manual_seed(0)
+    ds = SegmentDataset([long_path, short_path], SR, 2048)
+    seg = ds[0].numpy()
+    starts = [i for i in range(len(full) - 2047) if np.allclose(full[i : i + 2048], seg, atol=1e-6)]
+    assert len(starts) >= 1
+    short = ds[1].numpy()
+    assert short.shape == (2048,)
+    np.testing.assert_allclose(short[:1500], sf.read(short_path, dtype="float32")[0], atol=1e-6)
+    assert (short[1500:] == 0).all()
+
+
+def test_validation_split_is_reproducible_disjoint_and_never_empty():
+    files = [f"f{i}.wav" for i in range(10)]
+    train_a, val_a = split_files(files, 0.02, 8, seed=1)
+    train_b, val_b = split_files(files, 0.02, 8, seed=1)
+    assert (train_a, val_a) == (train_b, val_b)
+    assert len(val_a) == 1 and not set(train_a) & set(val_a) and sorted(train_a + val_a) == files
+    assert split_files(files, 0.5, 3, seed=1)[1].__len__() == 3  # capped by max_val_files
+
+
+# --------------------------------------------------------------------------------------------
+# GAN steps
+# --------------------------------------------------------------------------------------------
+
+
+def test_overfitting_one_segment_lowers_the_mel_l1(wav_dir):
+    torch.manual_seed(0)
+    trainer = VocoderTrainer(fast_config(), torch.device("cpu"))
+    wav = torch.from_numpy(sf.read(os.path.join(wav_dir, "chirp.wav"), dtype="float32")[0][2000:4048])[None]
+    history = [trainer.train_step(wav) for _ in range(6)]
+    mel = [h["loss_mel"] for h in history]
+    assert all(np.isfinite(v) for h in history for v in h.values())
+    # The GAN terms make single steps noisy, but the mel L1 (weight 45) must trend down.
+    assert sum(b < a for a, b in zip(mel, mel[1:])) >= 4, mel
+    assert mel[-1] < 0.95 * mel[0], mel
+    assert trainer.step == 6 and trainer.sched_g.last_epoch == 6
+
+
+def test_nonfinite_steps_are_skipped_and_then_fatal():
+    trainer = VocoderTrainer(fast_config("training.max_nonfinite_steps=2"), torch.device("cpu"))
+    before = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
+    bad = torch.full((2, 2048), float("nan"))
+    assert trainer.train_step(bad) == {"skipped_nonfinite": 1.0}
+    assert trainer.step == 0
+    assert all(torch.equal(before[k], v) for k, v in trainer.generator.state_dict().items())
+    with pytest.raises(FloatingPointError, match="2 non-finite losses in a row"):
+        trainer.train_step(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# The command line: train, log, checkpoint, export, resume
+# --------------------------------------------------------------------------------------------
+
+
+def cli(wav_dir: str, out: str, *extra: str) -> list[str]:
+    sets = FAST + ["training.max_steps=4", "training.save_step=2", "training.val_step=2", "training.log_step=1"]
+    argv = ["--config", TINY, "--data_dir", wav_dir, "--output_dir", out]
+    for s in sets:
+        argv += ["--set", s]
+    return argv + list(extra)
+
+
+@pytest.fixture(scope="module")
+def trained(wav_dir, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("vocoder_run"))
+    train_vocoder.main(cli(wav_dir, out, "--export"))
+    return out
+
+
+def test_cli_run_checkpoints_logs_and_writes_samples(trained):
+    ckpts = sorted(os.listdir(os.path.join(trained, "checkpoints")))
+    assert "ckpt_000000002.pt" in ckpts and "ckpt_000000004.pt" in ckpts and "best.pt" in ckpts
+    state = load_checkpoint(os.path.join(trained, "checkpoints"))
+    assert state["step"] == 4 and {"generator", "discriminators", "opt_g", "opt_d", "sched_g", "sched_d"} <= set(state)
+
+    rows = read_offline_history(find_run_dir(trained))
+    train_rows = [r for r in rows if "train/loss_mel" in r]
+    assert [r["_step"] for r in train_rows] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["train/loss_mel"]) and np.isfinite(r["train/loss_d"]) for r in train_rows)
+    assert any("val/mel_l1" in r for r in rows) and any(k.startswith("val/audio_") for r in rows for k in r)
+
+    sample_dir = os.path.join(trained, "samples", "step_0000004")
+    (name,) = os.listdir(sample_dir)
+    data, sr = sf.read(os.path.join(sample_dir, name))
+    assert sr == SR and len(data) % 256 == 0 and len(data) > 0
+
+
+def test_exported_vocoder_loads_and_matches_the_checkpoint(trained):
+    fe = ISTFTNetFE.load_ts(os.path.join(trained, "export"), "cpu")
+    trainer = VocoderTrainer(fast_config(), torch.device("cpu"))
+    trainer.load_state_dict(load_checkpoint(os.path.join(trained, "checkpoints", "ckpt_000000004.pt")), "ckpt 4")
+    mel = torch.randn(1, 80, 13)
+    with torch.no_grad():
+        trainer.generator.eval()
+        eager = trainer.synthesize(mel)
+    assert torch.allclose(fe(mel), eager, atol=1e-5)
+    assert fe.infer(mel).shape == (13 * 256,)
+
+
+def test_resume_restores_step_weights_optimizers_and_the_wandb_run(trained, wav_dir, tmp_path):
+    out = str(tmp_path / "run")
+    shutil.copytree(trained, out)
+    state4 = load_checkpoint(os.path.join(out, "checkpoints", "ckpt_000000004.pt"))
+
+    fresh = VocoderTrainer(fast_config(), torch.device("cpu"))
+    fresh.load_state_dict(state4, "ckpt 4")
+    assert fresh.step == 4 and fresh.sched_d.last_epoch == 4
+    for k, v in fresh.generator.state_dict().items():
+        assert torch.equal(v, state4["generator"][k]), k
+    assert torch.equal(fresh.opt_d.state_dict()["state"][0]["exp_avg"], state4["opt_d"]["state"][0]["exp_avg"])
+
+    train_vocoder.main(cli(wav_dir, out, "--resume", "--set", "training.max_steps=6"))
+    state6 = load_checkpoint(os.path.join(out, "checkpoints"))
+    assert state6["step"] == 6 and state6["wandb_run_id"] == state4["wandb_run_id"]
+    assert not torch.equal(state6["generator"]["conv_pre.bias"], state4["generator"]["conv_pre.bias"])
+
+
+def test_resume_refuses_a_changed_architecture(trained, wav_dir, tmp_path):
+    out = str(tmp_path / "run")
+    shutil.copytree(trained, out)
+    with pytest.raises(SystemExit, match="generator.upsample_initial_channel"):
+        train_vocoder.main(cli(wav_dir, out, "--resume", "--set", "generator.upsample_initial_channel=64"))
