@@ -221,7 +221,8 @@ def run_step(step: Step, work: str, index: int, total: int) -> float:
         print(" FAILED")
         raise StageFailed(f"stage '{step.stage}' finished but did not write {', '.join(missing)}; see {log_path}")
     seconds = time.perf_counter() - t0
-    print(f" done in {seconds:.1f} s  (log: {os.path.relpath(log_path)})")
+    shown = os.path.relpath(log_path)
+    print(f" done in {seconds:.1f} s  (log: {log_path if shown.startswith('..') else shown})")
     return seconds
 
 

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import numpy as np
+import soundfile as sf
 import torch
 
 from utils.asr import WhisperASR, score_texts
@@ -114,8 +115,6 @@ def read_references(reference_dir: str, limit: Optional[int] = None) -> list[Ref
         if not os.path.isfile(row.wav_path):
             print(f"evaluate.py: skipping {row.source}: {row.wav_path} not found", file=sys.stderr)
             continue
-        import soundfile as sf
-
         refs.append(Reference(row.raw_text, row.wav_path, float(sf.info(row.wav_path).duration)))
     if not refs:
         raise ConfigError(f"--reference_dir {reference_dir}: no utterances with audio")

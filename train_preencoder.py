@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from model.preencoder import PreEncoder, lengths_to_mask, reconstruction_loss
 from utils.audio import griffin_lim, load_wav, mel_spectrogram
-from utils.checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
+from utils.checkpoint import CheckpointError, CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
 from utils.config import ConfigError, config_from_dict, config_to_dict, load_config
 from utils.logger import Logger
 from utils.preencoder_config import PreEncoderConfig
@@ -325,17 +325,21 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Exit status: 0 done, 2 on a bad config, data folder or checkpoint (message on stderr)."""
     args = parse_args(argv)
-    if args.export:
-        model, cfg, step = model_from_checkpoint(args.export)
-        for path in export_preencoder(model, cfg, os.path.join(args.output_dir, "export")):
-            print(f"wrote {path} (step {step})")
-        return 0
-    if not args.data_dir:
-        print("error: --data_dir is required for training", file=sys.stderr)
+    try:
+        if args.export:
+            model, cfg, step = model_from_checkpoint(args.export)
+            for path in export_preencoder(model, cfg, os.path.join(args.output_dir, "export")):
+                print(f"wrote {path} (step {step})")
+            return 0
+        if not args.data_dir:
+            raise ConfigError("--data_dir is required for training")
+        cfg = load_config(args.config, args.overrides, schema=PreEncoderConfig)
+        train(cfg, args.data_dir, args.output_dir, resume=args.resume, device=args.device)
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    cfg = load_config(args.config, args.overrides, schema=PreEncoderConfig)
-    train(cfg, args.data_dir, args.output_dir, resume=args.resume, device=args.device)
     return 0
 
 

@@ -75,8 +75,8 @@ def inputs(model: Echolancer, batch: int, device: torch.device, text_len: int = 
 
 
 def time_generation(model: Echolancer, batch: int, length: int, device: torch.device, use_cache: bool,
-                    compile: bool, repeats: int) -> float:
-    """Best wall time of ``repeats`` full-length greedy generations (after one warm-up)."""
+                    compile: bool, repeats: int) -> tuple[float, torch.Tensor]:
+    """Best wall time of ``repeats`` full-length greedy generations (after one warm-up), and the tokens."""
     spk, texts, lens = inputs(model, batch, device)
     kw = dict(max_length=length, min_length=length, temperature=0.0, use_cache=use_cache, compile=compile,
               sync_every=length)
@@ -91,7 +91,7 @@ def time_generation(model: Echolancer, batch: int, length: int, device: torch.de
         sync(device)
         best = min(best, time.perf_counter() - t0)
         assert res.tokens.shape == (batch, length) and bool(res.hit_max_length.all())
-    return best
+    return best, res.tokens.cpu()
 
 
 @torch.inference_mode()
@@ -167,6 +167,7 @@ def main() -> None:
         params = model.num_parameters() / 1e6
         print(f"\n{name}: {params:.1f} M parameters", flush=True)
         modes = [("cached", True, False), ("uncached", False, False)]
+        eager: dict[tuple[int, int], torch.Tensor] = {}
         if args.compile:
             modes.insert(1, ("cached+graph" if device.type == "cuda" else "cached+inductor", True, True))
         for b in batch_sizes:
@@ -175,11 +176,16 @@ def main() -> None:
                     if not use_cache and b * n > args.uncached_max_tokens:
                         rows.append(Row(name, params, b, n, mode, None, f"skipped: B x len > {args.uncached_max_tokens}"))
                         continue
-                    secs = time_generation(model, b, n, device, use_cache, comp, args.repeats)
-                    rows.append(Row(name, params, b, n, mode, secs))
+                    secs, toks = time_generation(model, b, n, device, use_cache, comp, args.repeats)
+                    note = ""
+                    if mode != "cached":  # same greedy tokens as the eager cached run? (near-ties may flip)
+                        note = f"tokens equal to eager cached: {100 * (toks == eager[b, n]).float().mean():.1f} %"
+                    else:
+                        eager[b, n] = toks
+                    rows.append(Row(name, params, b, n, mode, secs, note))
                     r = rows[-1]
-                    print(f"  B={b:<2d} len={n:<5d} {mode:<16s} {secs:8.2f} s  {r.tokens_per_s:9.1f} tok/s  RTF {r.rtf:.3f}",
-                          flush=True)
+                    print(f"  B={b:<2d} len={n:<5d} {mode:<16s} {secs:8.2f} s  {r.tokens_per_s:9.1f} tok/s  RTF {r.rtf:.3f}"
+                          f"  {note}", flush=True)
         for mode, use_cache in (("cached", True), ("uncached", False)):
             n = max(lengths)
             early, late = step_profile(model, 1, n, device, use_cache)

@@ -269,10 +269,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="render only the first N sentences")
     args = p.parse_args(argv)
 
-    sentences = [s for path in args.sentences for s in read_sentences(path)]
-    if args.limit is not None:
-        sentences = sentences[: args.limit]
-    summary = make_corpus(sentences, args.output_dir, args.voice, args.sample_rate, args.channels)
+    try:
+        sentences = [s for path in args.sentences for s in read_sentences(path)]
+        if args.limit is not None:
+            sentences = sentences[: args.limit]
+        summary = make_corpus(sentences, args.output_dir, args.voice, args.sample_rate, args.channels)
+    except (ValueError, OSError, RuntimeError) as e:  # bad sentence file or voice: one line, no traceback
+        print(f"make_corpus.py: error: {e}", file=sys.stderr)
+        return 2
     layout = "LJSpeech" if list(summary.speakers) == [""] else f"multi-speaker ({', '.join(summary.speakers)})"
     print(
         f"{args.output_dir}: {layout} layout, {len(sentences)} sentences x {len(summary.speakers)} voice(s); "

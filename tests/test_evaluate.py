@@ -14,6 +14,7 @@ from scripts.make_corpus import make_corpus
 from utils.asr import normalize_for_scoring, score_texts
 from utils.char_tokenizer import CharTokenizer
 from utils.config import TrainConfig, config_to_dict, load_config
+from utils.logger import find_run_dir, read_offline_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "config", "model_tiny.yaml")
@@ -40,9 +41,9 @@ def noise(corpus, tmp_path_factory):
     return root
 
 
-def run(*argv) -> dict:
+def run(*argv, wandb: str = "disabled") -> dict:
     out = argv[argv.index("--output_dir") + 1]
-    assert main([*argv, "--wandb_mode", "disabled"]) == 0
+    assert main([*argv, "--wandb_mode", wandb]) == 0
     with open(os.path.join(out, "eval_report.json")) as f:
         return json.load(f)
 
@@ -109,7 +110,8 @@ def test_model_stage_counts_stop_failures_and_length_ratio(corpus, tmp_path):
     # An untrained model never predicts EOS greedily: every sentence runs to max_length.
     report = run("--checkpoint", str(tmp_path / "m.pt"), "--pre_encoder_dir", str(tmp_path / "pre"),
                  "--reference_dir", str(corpus), "--output_dir", str(tmp_path / "out"),
-                 "--max_length", "20", "--temperature", "0", "--batch_size", "2", "--speakers", "0", "1")
+                 "--max_length", "20", "--temperature", "0", "--batch_size", "2", "--speakers", "0", "1",
+                 wandb="offline")
     assert list(report["stages"]) == ["ground_truth", "model"]
     model = report["stages"]["model"]
     assert report["checkpoint_step"] == 5
@@ -122,3 +124,8 @@ def test_model_stage_counts_stop_failures_and_length_ratio(corpus, tmp_path):
     assert model["rtf"] > 0
     wav, sr = sf.read(str(tmp_path / "out" / model["per_utterance"][0]["wav"]))
     assert (len(wav), sr) == (20 * 256, 22050)
+    # The same numbers reach W&B (offline run), at the checkpoint's step.
+    (row,) = read_offline_history(find_run_dir(str(tmp_path / "out")))
+    assert row["_step"] == 5
+    assert row["eval/model/stop_failure_rate"] == 1.0
+    assert row["eval/ground_truth/wer"] == pytest.approx(report["stages"]["ground_truth"]["wer"])

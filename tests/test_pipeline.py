@@ -15,7 +15,6 @@ from model.istftnet import ISTFT, ISTFTNetGenerator
 from model.preencoder import PreEncoder
 from pipeline import PipelineError, Synthesizer, build_synthesizer
 from scripted_preencoder import ScriptedPreEncoder
-from tests.test_train_preencoder import write_wavs
 from utils.audio import save_wav
 from utils.char_tokenizer import CharTokenizer
 from utils.config import AudioConfig, ModelConfig, config_from_dict, load_config
@@ -26,6 +25,16 @@ TEXTS = ["Hello there, how are you?", "I am so angry about this!"]
 GEN = {"max_length": 12, "min_length": 3, "temperature": 0.0}
 
 
+def write_wavs(folder, n: int) -> None:
+    """Chirps of a few hundred milliseconds: enough for a few pre-encoder training steps."""
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        t = np.arange(9000 + 1000 * i) / 22050
+        f0, f1 = 200 + 150 * i, 2500 + 400 * i
+        sf.write(os.path.join(folder, f"clip{i}.wav"),
+                 (0.4 * np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * t[-1])))).astype(np.float32), 22050)
+
+
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
@@ -33,7 +42,9 @@ def parts(tmp_path_factory):
     write_wavs(root / "wavs", n=3)
     cfg = load_config("config/preencoder_tiny.yaml", ["training.max_steps=4", "training.batch_size=2",
                                                       "training.segment_frames=16"], schema=PreEncoderConfig)
-    export = tp.train(cfg, str(root / "wavs"), str(root / "pe"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "disabled")  # W&B logging of this script is tested in test_train_preencoder.py
+        export = tp.train(cfg, str(root / "wavs"), str(root / "pe"))
     torch.manual_seed(0)
     gen = ISTFTNetGenerator(GeneratorConfig(upsample_initial_channel=32), n_mels=80).eval()
     ISTFTNetFE(gen, ISTFT(16, 4), AudioConfig()).export_ts(str(root / "voc"), 22050, devices=["cpu"])

@@ -254,3 +254,27 @@ def test_test_interval_writes_wavs_logs_audio_and_leaves_training_unchanged(data
     tokens_only.train()
     assert len([r for r in caplog.records if "no --pre_encoder_dir" in r.getMessage()]) == 1
     assert not os.listdir(tmp_path / "n" / "samples" / "step_0000002")
+
+
+@pytest.mark.usefixtures("no_wandb")
+def test_early_stopping_stops_after_patience_and_restores_the_best_weights(data, tmp_path):
+    # min_delta 10 nats: only the first validation counts as an improvement, even if later ones
+    # are slightly lower; the best checkpoint and the restored weights follow the same rule.
+    t = make_trainer(data, tmp_path / "es", ["training.val_step=1", "early_stopping.patience=2",
+                                             "early_stopping.min_delta=10.0", "training.max_steps=50"])
+    result = t.train()
+    assert (result.status, result.step) == ("early_stopped", 3)
+    last = load_checkpoint(tmp_path / "es" / "ckpt")
+    assert last["step"] == 3 and last["early_stopping"]["bad_validations"] == 2
+    best = load_checkpoint(tmp_path / "es" / "ckpt" / "best.pt")
+    assert best["step"] == 1
+    assert_bitwise_equal(weights(t.model), best["model"])
+
+
+@pytest.mark.usefixtures("no_wandb")
+def test_resuming_with_a_different_architecture_names_the_differing_keys(data, tmp_path):
+    from utils.config import ConfigError
+
+    make_trainer(data, tmp_path / "r", ["training.max_steps=1"]).train()
+    with pytest.raises(ConfigError, match="differing model.* keys: decoder"):
+        make_trainer(data, tmp_path / "r", ["model.decoder.layer=1"], resume=str(tmp_path / "r" / "ckpt"))

@@ -87,10 +87,13 @@ def test_resume_continues_exactly(trained):
     assert b["scheduler"]["last_epoch"] == a["scheduler"]["last_epoch"] == 16
 
 
-def test_resume_with_a_different_model_is_refused(trained):
+def test_resume_refusals_are_clear_exit_code_2(trained, tmp_path, capsys):
     root, out, args = trained
-    with pytest.raises(Exception, match="differ from --config"):
-        tp.main(args + ["--resume", "--set", "model.generator.hidden=48"])
+    assert tp.main(args + ["--resume", "--set", "model.generator.hidden=48"]) == 2
+    assert "differ from --config" in capsys.readouterr().err
+    fresh = [a if a != str(out) else str(tmp_path / "empty") for a in args]
+    assert tp.main(fresh + ["--resume"]) == 2
+    assert "no checkpoint files" in capsys.readouterr().err
 
 
 def test_export_only_command_rewrites_the_directory(trained, tmp_path):
@@ -101,6 +104,7 @@ def test_export_only_command_rewrites_the_directory(trained, tmp_path):
     assert torch.equal(pe.encode(mel), ScriptedPreEncoder(out / "export").encode(mel))
 
 
-def test_missing_data_dir_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no audio files"):
-        tp.find_audio_files(str(tmp_path))
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    assert tp.main(["--config", "config/preencoder_tiny.yaml", "--data_dir", str(tmp_path),
+                    "--output_dir", str(tmp_path / "o")]) == 2
+    assert "no audio files" in capsys.readouterr().err

@@ -22,7 +22,7 @@ import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -153,9 +153,10 @@ class Trainer:
 
         # The module that runs the training forward: DDP wrapper and/or compiled graph.
         self.train_model: nn.Module = self.model
+        self.ddp: Optional[DDP] = None
         if dist_info.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DDP(self.model, device_ids=ids)
+            self.ddp = self.train_model = DDP(self.model, device_ids=ids)
         if tc.compile:
             self.train_model = torch.compile(self.train_model)
 
@@ -313,7 +314,8 @@ class Trainer:
         totals = torch.zeros(4, device=self.device)  # loss, ce, stop, correct tokens
         for i, b in enumerate(batches):
             last = i == len(batches) - 1
-            sync = nullcontext() if last or not isinstance(self.train_model, DDP) else self.train_model.no_sync()
+            # Only the last micro-batch all-reduces gradients (the DDP module, even under torch.compile).
+            sync = nullcontext() if last or self.ddp is None else self.ddp.no_sync()
             with sync:
                 lo = self._forward_loss(self.train_model, b, n_global)
                 self.scaler.scale(lo.total * scale).backward()
@@ -328,14 +330,18 @@ class Trainer:
 
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip_thresh)
-        bad = torch.tensor(float(not (math.isfinite(float(totals[0])) and math.isfinite(float(grad_norm)))),
-                           device=self.device)
-        skipped = bool(all_reduce_max(bad) > 0)
+        flags = torch.tensor([float(not math.isfinite(float(totals[0]))), float(not math.isfinite(float(grad_norm)))],
+                             device=self.device)
+        loss_bad, grad_bad = (bool(f > 0) for f in all_reduce_max(flags))
+        skipped = loss_bad or grad_bad
         if skipped:
             self.nonfinite_total += 1
-            self.nonfinite_streak += 1
+            # With fp16 an overflowing gradient is the scaler's normal calibration (it halves the
+            # scale and skips); only a non-finite loss counts towards stopping the run then.
+            if loss_bad or not self.scaler.is_enabled():
+                self.nonfinite_streak += 1
             if self.scaler.is_enabled():
-                self.scaler.update()  # fp16 overflow: lower the scale as usual
+                self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
         else:
             self.nonfinite_streak = 0
@@ -386,16 +392,17 @@ class Trainer:
     def _after_validation(self, metrics: dict[str, float]) -> None:
         """Log, update early stopping and keep the best checkpoint."""
         vl = metrics["val/loss"]
-        self.early_stopping.step(vl, self.step)
-        metrics = {**metrics, "val/best_loss": self.early_stopping.best_loss or vl}
+        # One notion of "best" (improvement by more than min_delta) for early stopping, best.pt and
+        # the weights restored at the end. vl is all-reduced, so every rank decides the same.
+        improved = self.early_stopping.step(vl, self.step)
+        best = self.early_stopping.best_loss
+        metrics = {**metrics, "val/best_loss": vl if best is None else best}
         self.logger.log(metrics, self.step)
         if self.dist.is_main:
             tqdm.write(f"step {self.step} epoch {self.epoch}: val loss {vl:.4f} ce {metrics['val/ce']:.4f} "
                        f"acc {metrics['val/accuracy']:.3f} (best {metrics['val/best_loss']:.4f}, "
                        f"{self.early_stopping.bad_validations}/{self.early_stopping.patience} without improvement)")
-        best = self.ckpt.best_loss if self.ckpt is not None else None
-        improved = torch.tensor(float(best is None or vl < best), device=self.device)
-        if bool(all_reduce_max(improved) > 0):
+        if improved:
             self.save(val_loss=vl)
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -518,7 +525,3 @@ class Trainer:
         log.info("restored the best weights (step %s, val loss %.4f) from %s", self.ckpt.best_step,
                  self.ckpt.best_loss, self.ckpt.best_path)
 
-
-def batch_to_model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    """The collate keys that ``Echolancer.forward`` takes (drops bookkeeping such as ``indices``)."""
-    return {k: v for k, v in batch.items() if k in BATCH_KEYS}

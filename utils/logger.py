@@ -25,6 +25,7 @@ from typing import Any, Optional
 import numpy as np
 
 MODES = ("online", "offline", "disabled")
+_DIRS_SET_HERE: set[str] = set()  # W&B directory variables this module set (a user's own are left alone)
 
 
 class Logger:
@@ -65,9 +66,15 @@ class Logger:
         self._warned_old_step = False
         if not enabled:
             return
+        os.makedirs(output_dir, exist_ok=True)
+        # Keep W&B's staging area and caches (artifact copies) under output_dir too, unless the
+        # user has put them elsewhere on purpose.
+        for var, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+            if var not in os.environ or var in _DIRS_SET_HERE:
+                os.environ[var] = os.path.join(os.path.abspath(output_dir), "wandb", sub)
+                _DIRS_SET_HERE.add(var)
         import wandb
 
-        os.makedirs(output_dir, exist_ok=True)
         self._wandb = wandb
         self._run = wandb.init(
             project=project,
