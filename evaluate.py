@@ -41,7 +41,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from utils.asr import WhisperASR, score_texts
+from utils.asr import WhisperASR, score_waveforms
 from utils.audio import griffin_lim, load_wav, mel_spectrogram, save_wav
 from utils.config import AudioConfig, ConfigError
 
@@ -184,8 +184,7 @@ def model_clips(
 def score_clips(stage: str, clips: list[Clip], asr: WhisperASR, synthesis_seconds: Optional[float],
                 out_dir: Optional[str] = None) -> StageResult:
     """Transcribe and score ``clips``; write them to ``out_dir/<stage>/`` when given."""
-    hyps = [asr.transcribe(c.wav, c.sample_rate) for c in clips]
-    rates = score_texts([c.text for c in clips], hyps)
+    rates, hyps = score_waveforms(asr, [c.text for c in clips], [c.wav for c in clips], [c.sample_rate for c in clips])
     seconds = [len(c.wav) / c.sample_rate for c in clips]
     total = float(sum(seconds))
     ratios = [s / c.expected_seconds for s, c in zip(seconds, clips) if c.expected_seconds]

@@ -332,6 +332,33 @@ def print_report(report: dict, out_dir: str, max_lines: int = 10) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def screen_texts(rows: list[Row], tokenizer: CharTokenizer, problems: list[Problem]
+                 ) -> tuple[list[Row], dict[str, list[int]], Counter]:
+    """Tokenise every row; empty or unspeakable texts become problems.
+
+    Returns:
+        the rows to keep, their token ids by key, and a count of characters the tokenizer could
+        not map (kept as ``unk``; the QA report lists them).
+    """
+    unknown: Counter[str] = Counter()
+    good: list[Row] = []
+    tokens: dict[str, list[int]] = {}
+    for row in rows:
+        ids = tokenizer.encode(row.text)
+        if not ids:
+            problems.append(Problem(row.source, "empty_text", f"id {row.key}: empty text"))
+            continue
+        if not tokenizer.is_speakable(ids):
+            problems.append(Problem(row.source, "unspeakable_text", f"id {row.key}: no letters in {row.text!r}"))
+            continue
+        normalized = tokenizer.normalize_text(row.text)
+        for ch in tokenizer.unknown_chars(row.text):
+            unknown[ch] += normalized.count(ch)
+        tokens[row.key] = ids
+        good.append(row)
+    return good, tokens, unknown
+
+
 def _save_atomic(obj: dict, path: str) -> None:
     tmp = path + ".part"  # not *.pt: the dataset never lists a half-written file
     torch.save(obj, tmp)
@@ -349,13 +376,18 @@ def _load_manifest(path: str) -> dict[str, dict]:
     return records
 
 
-def _record_from_file(path: str, row: Row, split: str, spk_id: int, audio: AudioConfig) -> dict:
-    """Manifest entry of a finished file that the manifest lacks (a run killed between the two writes)."""
+def _record_from_file(path: str, row: Row, split: str, spk_id: int, audio: AudioConfig, downsample: int) -> dict:
+    """Manifest entry of a finished file that the manifest lacks (a run killed between the two writes).
+
+    The duration is reconstructed from the token count (exact to one token), the round-trip error
+    is unknown.
+    """
     d = torch.load(path, map_location="cpu", weights_only=True)
-    frames = int(d["mel"].numel())
+    tokens = int(d["mel"].numel())
+    frames = tokens * downsample
     return {"key": row.key, "split": split, "speaker": row.speaker, "speaker_id": spk_id, "text": row.text,
             "wav": row.wav_path, "seconds": frames * audio.hop_length / audio.sampling_rate, "frames": frames,
-            "tokens": frames, "chars": int(d["text"].numel()), "mel_l1": None}
+            "tokens": tokens, "chars": int(d["text"].numel()), "mel_l1": None}
 
 
 def preprocess(
@@ -398,22 +430,7 @@ def preprocess(
     tokenizer.save(os.path.join(output_dir, "tokenizer.json"))
 
     # Text first: a row without speakable text never costs an audio load.
-    unknown: Counter[str] = Counter()
-    good: list[Row] = []
-    tokens: dict[str, list[int]] = {}
-    for row in rows:
-        ids = tokenizer.encode(row.text)
-        if not ids:
-            problems.append(Problem(row.source, "empty_text", f"id {row.key}: empty text"))
-            continue
-        if not tokenizer.is_speakable(ids):
-            problems.append(Problem(row.source, "unspeakable_text", f"id {row.key}: no letters in {row.text!r}"))
-            continue
-        for ch in tokenizer.unknown_chars(row.text):
-            unknown[ch] += tokenizer.normalize_text(row.text).count(ch)
-        tokens[row.key] = ids
-        good.append(row)
-
+    good, tokens, unknown = screen_texts(rows, tokenizer, problems)
     val_keys = split_keys([r.key for r in good], val_fraction)
     spk_map = speaker_ids(output_dir, [r.speaker for r in good])
     manifest_path = os.path.join(output_dir, "manifest.jsonl")
@@ -432,7 +449,7 @@ def preprocess(
         if row.key in previous:
             records.append(previous[row.key])
         else:
-            records.append(_record_from_file(existing, row, old_split, spk_map[row.speaker], audio))
+            records.append(_record_from_file(existing, row, old_split, spk_map[row.speaker], audio, pre.downsample))
     skipped = len(records)
 
     loader = DataLoader(AudioRows(todo, audio, trim), batch_size=batch_size, num_workers=workers,

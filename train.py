@@ -20,6 +20,7 @@ import sys
 
 from data.dataset import DataError
 from data.dummy import create_dummy_data_files
+from pipeline import PipelineError
 from training.trainer import RunPaths, Trainer
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, load_configs
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         result = Trainer(model_cfg, train_cfg, paths, dist_info).train()
         barrier()  # every rank is done with collectives before any tears the group down
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ConfigError, DataError, CheckpointError, PipelineError) as e:
         logging.error("%s", e)
         return 2
     finally:

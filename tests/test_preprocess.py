@@ -97,6 +97,13 @@ def test_rerun_skips_finished_files_and_only_redoes_missing_ones(corpus, pre_dir
     assert report["duration_seconds"]["count"] == 4
     assert len(report["preencoder_mel_l1"]["per_utterance"]) == 4
 
+    # Killed between writing a file and its manifest line: durations come back from the files.
+    (out / "manifest.jsonl").unlink()
+    report = run(corpus, out, pre_dir, val_fraction=0.25)
+    seconds = sum(sf.info(str(p)).duration for p in (corpus / "wavs").glob("*.wav"))
+    assert report["total_hours"] * 3600 == pytest.approx(seconds, abs=0.07)  # < one hop per clip + rounding
+    assert report["preencoder_mel_l1"]["count"] == 0  # unknown for files finished by an earlier run
+
 
 def test_split_is_deterministic_independent_of_order_and_never_empty():
     keys = [f"utt_{i:03d}" for i in range(50)]

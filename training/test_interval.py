@@ -18,6 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from utils.audio import save_wav
 from utils.logger import Logger
 
 log = logging.getLogger("echolancer.train")
@@ -29,7 +30,7 @@ DEFAULT_TEST_SENTENCES = [
 
 
 class TestInterval:
-    """Builds the synthesiser lazily (first test step) and runs it on the test sentences.
+    """Runs the shared synthesiser on the test sentences every ``test_step``.
 
     Args:
         model: the (unwrapped) Echolancer model; switched to eval and back to train.
@@ -38,6 +39,10 @@ class TestInterval:
         sentences, speakers: what to synthesise (every sentence for every speaker).
         bert_model, pre_encoder_dir, istftnet_dir: pipeline components (each optional).
         gen_kwargs: extra arguments for ``Synthesizer.synthesize`` (e.g. ``max_length``).
+        audio: the model config's audio settings; the pre-encoder and vocoder must match them.
+
+    The synthesiser is built here, before training starts, so a missing or mismatched component
+    is an error at start-up rather than at the first test step.
     """
 
     def __init__(
@@ -53,6 +58,7 @@ class TestInterval:
         device: torch.device,
         seed: int = 0,
         gen_kwargs: Optional[dict[str, Any]] = None,
+        audio=None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -69,19 +75,16 @@ class TestInterval:
         self.device = device
         self.seed = seed
         self.gen_kwargs = gen_kwargs or {}
-        self._synth = None
         self._said_why = False
-        self.failed = False
+        from pipeline import build_synthesizer  # the pipeline floor sits above model/ and data/
 
-    def _synthesizer(self):
-        if self._synth is None:
-            from pipeline import build_synthesizer  # the pipeline floor sits above model/ and data/
-
+        # Loading front ends may draw random numbers (weight init before loading): keep them
+        # out of the training streams.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             self._synth = build_synthesizer(
-                self.model, self.tokenizer, bert_model=self.bert_model, pre_encoder_dir=self.pre_encoder_dir,
-                istftnet_dir=self.istftnet_dir, device=self.device,
+                model, tokenizer, bert_model=bert_model, pre_encoder_dir=pre_encoder_dir,
+                istftnet_dir=istftnet_dir, device=device, audio=audio,
             )
-        return self._synth
 
     def run(self, step: int, logger: Logger) -> dict[str, float]:
         """Synthesise, save and log; returns the generation statistics that were logged."""
@@ -91,23 +94,14 @@ class TestInterval:
             self._said_why = True
         texts = [t for t in self.sentences for _ in self.speakers]
         speakers = [s for _ in self.sentences for s in self.speakers]
-        if self.failed:
-            return {}
-        from pipeline import PipelineError
-
         was_training = self.model.training
         self.model.eval()
         try:
             devices = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 torch.manual_seed(self.seed)
-                utts = self._synthesizer().synthesize(texts, speakers, **self.gen_kwargs)
-        except PipelineError as e:
-            # A broken component (e.g. a pre-encoder for another codebook) should not end a long run:
-            # report it loudly, once, and stop testing. Any other exception is a bug and propagates.
-            log.error("test interval disabled for the rest of this run: %s", e)
-            self.failed = True
-            return {}
+                # A failing stage raises PipelineError naming it; the trainer saves, then re-raises.
+                utts = self._synth.synthesize(texts, speakers, **self.gen_kwargs)
         finally:
             self.model.train(was_training)
 
@@ -119,10 +113,7 @@ class TestInterval:
             hit_max.append(float(u.hit_max_length))
             name = f"{i:02d}_spk{u.speaker}"
             if u.wav is not None:
-                import soundfile as sf
-
-                path = os.path.join(out_dir, name + ".wav")
-                sf.write(path, np.asarray(u.wav, dtype=np.float32), u.sample_rate)
+                save_wav(os.path.join(out_dir, name + ".wav"), u.wav, u.sample_rate)
                 logger.log_audio(f"test/audio_{i:02d}", u.wav, u.sample_rate, step, caption=f"spk {u.speaker}: {u.text}")
             if u.mel is not None:
                 mel = np.asarray(u.mel, dtype=np.float32).T[::-1]  # (C, T), low frequencies at the bottom

@@ -176,6 +176,7 @@ class Trainer:
                 paths.test_sentences or tc.test_sentences, paths.test_speakers or tc.test_speakers,
                 paths.bert_model, paths.pre_encoder_dir, paths.istftnet_dir, self.device, seed=tc.seed,
                 gen_kwargs={"max_length": tc.test_max_length, "temperature": tc.test_temperature},
+                audio=model_cfg.preprocessing.audio,
             )
         self._stop_requested = False
         self._boundary_rng: Optional[dict] = None
@@ -514,7 +515,14 @@ class Trainer:
         if self.step % tc.save_step == 0 and self._saved_step != self.step:
             self.save()
         if self.step % tc.test_step == 0 and self.tester is not None:
-            self.tester.run(self.step, self.logger)
+            try:
+                self.tester.run(self.step, self.logger)
+            except Exception:
+                # Never silently skipped, never a lost run: keep this step's state, then fail loudly.
+                if self._saved_step != self.step:
+                    self.save()
+                log.error("test interval failed at step %d; state saved to %s", self.step, self.last_checkpoint)
+                raise
         return "finished"
 
     def _restore_best(self) -> None:

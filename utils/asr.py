@@ -164,3 +164,17 @@ class WhisperASR:
 
     def transcribe_many(self, wavs: list, sample_rate: int) -> list[str]:
         return [self.transcribe(w, sample_rate) for w in wavs]
+
+
+def score_waveforms(asr: WhisperASR, texts: list[str], wavs: list, sample_rates: list[int]) -> tuple[ErrorRates, list[str]]:
+    """Transcribe ``wavs`` and score them against ``texts``: the one scoring step that
+    ``evaluate.py`` (and a training loop's periodic evaluation) uses.
+
+    Args:
+        asr: the recogniser.  texts: what each clip should say.
+        wavs: (N_i,) float waveforms.  sample_rates: the rate of each clip.
+    Returns:
+        the error rates and the raw transcripts.
+    """
+    hyps = [asr.transcribe(w, sr) for w, sr in zip(wavs, sample_rates)]
+    return score_texts(texts, hyps), hyps
