@@ -43,6 +43,7 @@ import torch
 
 from utils.asr import WhisperASR, score_waveforms
 from utils.audio import griffin_lim, load_wav, mel_spectrogram, save_wav
+from utils.checkpoint import CheckpointError
 from utils.config import AudioConfig, ConfigError
 
 STAGES = ("ground_truth", "griffin_lim", "vocoder", "round_trip", "model")
@@ -402,7 +403,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
         evaluate(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, OSError, ValueError) as e:  # bad inputs: one line, no traceback
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
     return 0
