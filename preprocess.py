@@ -280,15 +280,13 @@ def build_report(records: list[dict], problems: list[Problem], unknown: Counter,
         s = per_speaker.setdefault(r["speaker"], {"id": r["speaker_id"], "utterances": 0, "hours": 0.0})
         s["utterances"] += 1
         s["hours"] += r["seconds"] / 3600.0
-    for s in per_speaker.values():
-        s["hours"] = round(s["hours"], 5)
     mel_err = {r["key"]: r["mel_l1"] for r in records if r.get("mel_l1") is not None}
     return {
         "layout": layout,
         "utterances": {"train": sum(r["split"] == "train" for r in records),
                        "val": sum(r["split"] == "val" for r in records),
                        "skipped_existing": skipped, "errors": len(problems)},
-        "total_hours": round(sum(r["seconds"] for r in records) / 3600.0, 5),
+        "total_hours": sum(r["seconds"] for r in records) / 3600.0,
         "speakers": per_speaker,
         "speaker_ids": speakers,
         "duration_seconds": distribution({r["key"]: r["seconds"] for r in records}),

@@ -307,13 +307,14 @@ def _generate(
         logits = logits.float()
         early = t < min_length
 
+        allowed = logits.masked_fill(never, float("-inf"))
         # The stop probability reported for this step (the model's own, before any sampling knobs).
         if stop_logits is not None:
             gate = torch.sigmoid(stop_logits.float())
         else:
-            gate = logits.masked_fill(never, float("-inf")).softmax(dim=-1)[:, eos]
+            gate = allowed.softmax(dim=-1)[:, eos]
 
-        scores = logits.masked_fill(never_early if early else never, float("-inf"))
+        scores = allowed.masked_fill(never_early, float("-inf")) if early else allowed
         if seen is not None:
             scores = apply_repetition_penalty(scores, seen, repetition_penalty)
         chosen = choose_tokens(scores, temperature, top_k, top_p, generator)
