@@ -41,6 +41,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from data.corpus import discover
 from utils.asr import WhisperASR, score_waveforms
 from utils.audio import griffin_lim, load_wav, mel_spectrogram, save_wav
 from utils.checkpoint import CheckpointError
@@ -106,7 +107,6 @@ def read_sentences(path: str) -> list[str]:
 
 def read_references(reference_dir: str, limit: Optional[int] = None) -> list[Reference]:
     """Sentences with recordings, from a corpus in any layout ``preprocess.py`` reads."""
-    from preprocess import discover  # the one metadata.csv reader
 
     _layout, rows, problems = discover(reference_dir)
     for p in problems:
