@@ -3,7 +3,7 @@
     python train_preencoder.py --config config/preencoder.yaml --data_dir ./wavs --output_dir ./runs/pe
     python train_preencoder.py --config config/preencoder.yaml --data_dir ./wavs --output_dir ./runs/pe --resume
     python train_preencoder.py --config config/preencoder.yaml --output_dir ./runs/pe \
-        --export ./runs/pe/checkpoints          # export only (a checkpoint file or directory)
+        --export ./runs/pe/ckpt          # export only (a checkpoint file or directory)
 
 Mels come from :func:`utils.audio.mel_spectrogram` (the one shared mel function) and are cached in
 ``<output_dir>/mel_cache.pt``. Training crops random ``segment_frames`` windows, minimises masked
@@ -213,7 +213,7 @@ def train(cfg: PreEncoderConfig, data_dir: str, output_dir: str, resume: bool = 
     t = cfg.training
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     os.makedirs(output_dir, exist_ok=True)
-    ckpt_dir = os.path.join(output_dir, "checkpoints")
+    ckpt_dir = os.path.join(output_dir, "ckpt")
     torch.manual_seed(t.seed)
 
     files = find_audio_files(data_dir)
@@ -280,11 +280,11 @@ def train(cfg: PreEncoderConfig, data_dir: str, output_dir: str, resume: bool = 
 
         if step % t.log_step == 0:
             used = idx[~mask[:, 0]].unique().numel()
-            metrics = {"train/loss": float(loss), "train/l1": float(l1), "train/l2": float(l2),
+            metrics = {"train/loss": loss.item(), "train/l1": l1.item(), "train/l2": l2.item(),
                        "train/grad_norm": float(grad_norm), "train/lr": sched.get_last_lr()[0],
                        "train/codes_used": used, "train/code_usage": used / model.codebook_size}
             logger.log(metrics, step)
-            bar.set_postfix(loss=f"{float(loss):.3f}", codes=used)
+            bar.set_postfix(loss=f"{loss.item():.3f}", codes=used)
         val_loss = None
         if step % t.val_step == 0 or step == t.max_steps:
             val = validate(model, mels, val_ids, cfg, dev)
@@ -315,7 +315,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default="config/preencoder.yaml", help="pre-encoder YAML (utils/preencoder_config.py)")
     p.add_argument("--data_dir", help="folder of audio files (searched recursively)")
-    p.add_argument("--output_dir", required=True, help="checkpoints/, export/, wandb/ and the mel cache go here")
+    p.add_argument("--output_dir", required=True, help="ckpt/, export/, wandb/ and the mel cache go here")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set training.batch_size=8 (repeatable)")

@@ -10,14 +10,14 @@ mel function, so the vocoder hears exactly what the pre-encoder and Echolancer p
 
 Output directory:
     OUT/config.yaml                   the resolved config
-    OUT/checkpoints/ckpt_<step>.pt    generator, discriminators, both optimizers and schedulers,
+    OUT/ckpt/ckpt_<step>.pt    generator, discriminators, both optimizers and schedulers,
                                       GradScaler, RNG states, W&B run id (best.pt = lowest val mel L1)
     OUT/samples/step_<step>/*.wav     validation resyntheses
     OUT/wandb/                        the W&B run (offline by default)
     OUT/export/                       with --export: istft_cpu.pt (+ istft_cuda.pt) and config.json,
                                       loadable with ``ISTFTNetFE.load_ts``
 
-``--resume`` continues from the newest checkpoint in OUT/checkpoints (or the given file); the
+``--resume`` continues from the newest checkpoint in OUT/ckpt (or the given file); the
 architecture and audio sections must match the checkpoint's. A resumed run that has already reached
 ``training.max_steps`` trains no further, so ``--resume --export`` just exports.
 A usable vocoder needs a GPU (hundreds of thousands of steps); on a CPU this is a smoke test.
@@ -355,7 +355,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--data_dir", required=True, help="directory of .wav/.flac/.ogg files (searched recursively)")
     p.add_argument("--output_dir", required=True, help="checkpoints, samples, W&B run and export go here")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from the newest checkpoint in OUTPUT_DIR/checkpoints, or from this file")
+                   help="continue from the newest checkpoint in OUTPUT_DIR/ckpt, or from this file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set training.batch_size=8 (repeatable)")
     p.add_argument("--export", action="store_true", help="write OUTPUT_DIR/export (TorchScript) when done")
@@ -390,7 +390,7 @@ def train(args: argparse.Namespace) -> VocoderTrainer:
         yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
 
     trainer = VocoderTrainer(cfg, device)
-    manager = CheckpointManager(os.path.join(args.output_dir, "checkpoints"), t.keep_last)
+    manager = CheckpointManager(os.path.join(args.output_dir, "ckpt"), t.keep_last)
     run_id = None
     if args.resume is not None:
         source = manager.ckpt_dir if args.resume == "auto" else args.resume

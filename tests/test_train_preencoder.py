@@ -44,8 +44,8 @@ def trained(tmp_path_factory):
 
 def test_training_logs_checkpoints_and_exports(trained):
     _, out, _ = trained
-    assert sorted(os.listdir(out / "checkpoints"))[:2] == ["best.json", "best.pt"]
-    assert load_checkpoint(out / "checkpoints")["step"] == 16
+    assert sorted(os.listdir(out / "ckpt"))[:2] == ["best.json", "best.pt"]
+    assert load_checkpoint(out / "ckpt")["step"] == 16
     assert sorted(os.listdir(out / "export")) == ["model_config.yaml", "model_cpu.pt"]
     rows = read_offline_history(find_run_dir(str(out)))
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
@@ -58,7 +58,7 @@ def test_training_logs_checkpoints_and_exports(trained):
 
 def test_export_loads_and_equals_eager(trained):
     _, out, _ = trained
-    model, _, step = tp.model_from_checkpoint(str(out / "checkpoints" / "best.pt"))
+    model, _, step = tp.model_from_checkpoint(str(out / "ckpt" / "best.pt"))
     pe = ScriptedPreEncoder(out / "export")
     assert (pe.codebook_size, pe.mel_channels, pe.audio.hop_length) == (1000, 80, 256)
     mel = torch.randn(2, 30, 80) * 2.5 - 5
@@ -75,12 +75,12 @@ def test_resume_continues_exactly(trained):
     # Pretend the run died after step 8: drop everything written later, then resume to step 16.
     resumed = root / "resumed"
     shutil.copytree(out, resumed, ignore=shutil.ignore_patterns("export"))
-    ckpts = resumed / "checkpoints"
+    ckpts = resumed / "ckpt"
     for name in ("ckpt_000000016.pt", "best.pt", "best.json"):
         os.remove(ckpts / name)
     args = [a if a != str(out) else str(resumed) for a in args]
     assert tp.main(args + ["--resume"]) == 0
-    a = load_checkpoint(out / "checkpoints" / "ckpt_000000016.pt")
+    a = load_checkpoint(out / "ckpt" / "ckpt_000000016.pt")
     b = load_checkpoint(ckpts / "ckpt_000000016.pt")
     for k in a["model"]:
         torch.testing.assert_close(b["model"][k], a["model"][k], rtol=0, atol=0, msg=k)
@@ -98,7 +98,7 @@ def test_resume_refusals_are_clear_exit_code_2(trained, tmp_path, capsys):
 
 def test_export_only_command_rewrites_the_directory(trained, tmp_path):
     _, out, _ = trained
-    assert tp.main(["--output_dir", str(tmp_path), "--export", str(out / "checkpoints" / "best.pt")]) == 0
+    assert tp.main(["--output_dir", str(tmp_path), "--export", str(out / "ckpt" / "best.pt")]) == 0
     pe = ScriptedPreEncoder(tmp_path / "export")
     mel = torch.randn(1, 12, 80) - 5
     assert torch.equal(pe.encode(mel), ScriptedPreEncoder(out / "export").encode(mel))

@@ -140,9 +140,9 @@ def trained(wav_dir, tmp_path_factory) -> str:
 
 
 def test_cli_run_checkpoints_logs_and_writes_samples(trained):
-    ckpts = sorted(os.listdir(os.path.join(trained, "checkpoints")))
+    ckpts = sorted(os.listdir(os.path.join(trained, "ckpt")))
     assert "ckpt_000000002.pt" in ckpts and "ckpt_000000004.pt" in ckpts and "best.pt" in ckpts
-    state = load_checkpoint(os.path.join(trained, "checkpoints"))
+    state = load_checkpoint(os.path.join(trained, "ckpt"))
     assert state["step"] == 4 and {"generator", "discriminators", "opt_g", "opt_d", "sched_g", "sched_d"} <= set(state)
 
     rows = read_offline_history(find_run_dir(trained))
@@ -160,7 +160,7 @@ def test_cli_run_checkpoints_logs_and_writes_samples(trained):
 def test_exported_vocoder_loads_and_matches_the_checkpoint(trained):
     fe = ISTFTNetFE.load_ts(os.path.join(trained, "export"), "cpu")
     trainer = VocoderTrainer(fast_config(), torch.device("cpu"))
-    trainer.load_state_dict(load_checkpoint(os.path.join(trained, "checkpoints", "ckpt_000000004.pt")), "ckpt 4")
+    trainer.load_state_dict(load_checkpoint(os.path.join(trained, "ckpt", "ckpt_000000004.pt")), "ckpt 4")
     mel = torch.randn(1, 80, 13)
     with torch.no_grad():
         trainer.generator.eval()
@@ -172,7 +172,7 @@ def test_exported_vocoder_loads_and_matches_the_checkpoint(trained):
 def test_resume_restores_step_weights_optimizers_and_the_wandb_run(trained, wav_dir, tmp_path):
     out = str(tmp_path / "run")
     shutil.copytree(trained, out)
-    state4 = load_checkpoint(os.path.join(out, "checkpoints", "ckpt_000000004.pt"))
+    state4 = load_checkpoint(os.path.join(out, "ckpt", "ckpt_000000004.pt"))
 
     fresh = VocoderTrainer(fast_config(), torch.device("cpu"))
     fresh.load_state_dict(state4, "ckpt 4")
@@ -182,7 +182,7 @@ def test_resume_restores_step_weights_optimizers_and_the_wandb_run(trained, wav_
     assert torch.equal(fresh.opt_d.state_dict()["state"][0]["exp_avg"], state4["opt_d"]["state"][0]["exp_avg"])
 
     train_vocoder.main(cli(wav_dir, out, "--resume", "--set", "training.max_steps=6"))
-    state6 = load_checkpoint(os.path.join(out, "checkpoints"))
+    state6 = load_checkpoint(os.path.join(out, "ckpt"))
     assert state6["step"] == 6 and state6["wandb_run_id"] == state4["wandb_run_id"]
     assert not torch.equal(state6["generator"]["conv_pre.bias"], state4["generator"]["conv_pre.bias"])
 

@@ -214,12 +214,21 @@ def _records(path: str) -> list[bytes]:
 
 
 def _has_exit_record(run_dir: str) -> bool:
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
     for path in glob.glob(os.path.join(run_dir, "run-*.wandb")):
-        for raw in reversed(_records(path)):
+        try:
+            records = _records(path)
+        except ValueError:  # header not written yet
+            return False
+        for raw in reversed(records):
             rec = pb.Record()
-            rec.ParseFromString(raw)
+            try:
+                rec.ParseFromString(raw)
+            except DecodeError:
+                # W&B's service is still writing this record: not finished yet, look again later.
+                return False
             if rec.WhichOneof("record_type") == "exit":
                 return True
     return False
