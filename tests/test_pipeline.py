@@ -178,7 +178,7 @@ def test_train_py_test_interval_writes_full_chain_audio_to_disk_and_wandb(parts,
             "--test_sentences", "Hello there.", "--test_speakers", "1", "3",
             "--set", "training.max_steps=2", "--set", "training.test_step=2", "--set", "training.batch_size=4",
             "--set", "training.test_max_length=8", "--set", "training.test_temperature=0.0",
-            "--set", "training.val_step=1000", "--set", "training.save_step=1000",
+            "--set", "training.val_step=1000", "--set", "training.save_step=1000", "--set", "training.eval_step=2",
         ])
     finally:
         for h in logging.root.handlers:
@@ -197,3 +197,5 @@ def test_train_py_test_interval_writes_full_chain_audio_to_disk_and_wandb(parts,
     rows = {r["_step"]: r for r in read_offline_history(find_run_dir(str(out)))}
     assert rows[2]["test/audio_00/_type"] == "audio-file" and rows[2]["test/audio_01/_type"] == "audio-file"
     assert rows[2]["test/mean_tokens"] == pytest.approx(np.mean(frames))  # one token = one mel frame = 256 samples
+    # eval_step: the same audio scored by the offline ASR; an untrained model is not understood
+    assert rows[2]["eval/wer"] >= 0.5 and rows[2]["eval/cer"] > 0.3

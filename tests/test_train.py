@@ -278,3 +278,22 @@ def test_resuming_with_a_different_architecture_names_the_differing_keys(data, t
     make_trainer(data, tmp_path / "r", ["training.max_steps=1"]).train()
     with pytest.raises(ConfigError, match="differing model.* keys: decoder"):
         make_trainer(data, tmp_path / "r", ["model.decoder.layer=1"], resume=str(tmp_path / "r" / "ckpt"))
+
+
+@pytest.mark.usefixtures("no_wandb")
+def test_a_failing_pipeline_stage_saves_the_step_and_stops_the_run_naming_the_stage(
+    data, tmp_path, monkeypatch, restore_logging, caplog
+):
+    import pipeline
+
+    def broken(self, texts, speakers=None, **kw):
+        raise pipeline.PipelineError("vocoder", "simulated failure")
+
+    monkeypatch.setattr(pipeline.Synthesizer, "synthesize", broken)
+    out = tmp_path / "run"
+    code = train_main(["--model_config", MODEL_CFG, "--train_config", TRAIN_CFG, "--train_data_dir", data[0],
+                       "--output_dir", str(out), "--set", "training.max_steps=4", "--set", "training.test_step=2",
+                       "--set", "training.save_step=1000", "--set", "training.batch_size=4"])
+    assert code == 2
+    assert load_checkpoint(out / "ckpt")["step"] == 2  # the state of the failing step is kept
+    assert "vocoder" in (out / "train.log").read_text()

@@ -5,6 +5,10 @@ that ``infer.py`` also uses) and writes ``<output_dir>/samples/step_XXXXXXX/<i>_
 the audio, a mel image and generation statistics. Without a pre-encoder there is no mel and hence
 no audio: that is said once, and only token statistics are logged.
 
+Every ``training.eval_step`` steps it also transcribes the test audio with the offline ASR of
+``evaluate.py`` (``utils.asr``: Whisper tiny.en) and logs word and character error rates, so a
+run shows when the model starts to speak.
+
 Generation runs under a forked RNG with a fixed seed, so testing never changes the training run
 (exact resume holds whether or not a test happened).
 """
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 
 from utils.audio import save_wav
+from utils.config import ConfigError
 from utils.logger import Logger
 
 log = logging.getLogger("echolancer.train")
@@ -40,6 +45,7 @@ class TestInterval:
         bert_model, pre_encoder_dir, istftnet_dir: pipeline components (each optional).
         gen_kwargs: extra arguments for ``Synthesizer.synthesize`` (e.g. ``max_length``).
         audio: the model config's audio settings; the pre-encoder and vocoder must match them.
+        score_with_asr: load the offline ASR so that ``run(..., score=True)`` can report WER/CER.
 
     The synthesiser is built here, before training starts, so a missing or mismatched component
     is an error at start-up rather than at the first test step.
@@ -59,6 +65,7 @@ class TestInterval:
         seed: int = 0,
         gen_kwargs: Optional[dict[str, Any]] = None,
         audio=None,
+        score_with_asr: bool = False,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -85,9 +92,16 @@ class TestInterval:
                 model, tokenizer, bert_model=bert_model, pre_encoder_dir=pre_encoder_dir,
                 istftnet_dir=istftnet_dir, device=device, audio=audio,
             )
+        self.asr = None
+        if score_with_asr:
+            if pre_encoder_dir is None:
+                raise ConfigError("training.eval_step scores test audio with ASR: it needs --pre_encoder_dir")
+            from utils.asr import WhisperASR
 
-    def run(self, step: int, logger: Logger) -> dict[str, float]:
-        """Synthesise, save and log; returns the generation statistics that were logged."""
+            self.asr = WhisperASR()
+
+    def run(self, step: int, logger: Logger, score: bool = False) -> dict[str, float]:
+        """Synthesise, save and log; with ``score``, also ASR-score the audio. Returns what was logged."""
         if self.pre_encoder_dir is None and not self._said_why:
             log.info("test interval: no --pre_encoder_dir, so codec tokens cannot become mels or audio; "
                      "logging token statistics only")
@@ -122,5 +136,14 @@ class TestInterval:
             "test/mean_tokens": float(np.mean(lengths)) if lengths else 0.0,
             "test/hit_max_length": float(np.mean(hit_max)) if hit_max else 0.0,
         }
+        if score and self.asr is not None:
+            from utils.asr import score_waveforms
+
+            voiced = [u for u in utts if u.wav is not None]
+            rates, _ = score_waveforms(self.asr, [u.text for u in voiced], [u.wav for u in voiced],
+                                       [u.sample_rate for u in voiced])
+            stats.update({"eval/wer": rates.wer, "eval/cer": rates.cer})
+            log.info("step %d: ASR word error rate %.1f %%, character error rate %.1f %%",
+                     step, 100 * rates.wer, 100 * rates.cer)
         logger.log(stats, step)
         return stats

@@ -176,7 +176,7 @@ class Trainer:
                 paths.test_sentences or tc.test_sentences, paths.test_speakers or tc.test_speakers,
                 paths.bert_model, paths.pre_encoder_dir, paths.istftnet_dir, self.device, seed=tc.seed,
                 gen_kwargs={"max_length": tc.test_max_length, "temperature": tc.test_temperature},
-                audio=model_cfg.preprocessing.audio,
+                audio=model_cfg.preprocessing.audio, score_with_asr=tc.eval_step is not None,
             )
         self._stop_requested = False
         self._boundary_rng: Optional[dict] = None
@@ -514,9 +514,10 @@ class Trainer:
                 return "early_stopped"
         if self.step % tc.save_step == 0 and self._saved_step != self.step:
             self.save()
-        if self.step % tc.test_step == 0 and self.tester is not None:
+        score = tc.eval_step is not None and self.step % tc.eval_step == 0
+        if (self.step % tc.test_step == 0 or score) and self.tester is not None:
             try:
-                self.tester.run(self.step, self.logger)
+                self.tester.run(self.step, self.logger, score=score)
             except Exception:
                 # Never silently skipped, never a lost run: keep this step's state, then fail loudly.
                 if self._saved_step != self.step:

@@ -480,6 +480,7 @@ class TrainingSection:
         _require(self.grad_acc_step >= 1, "grad_acc_step must be >= 1")
         _require(self.epochs >= 1, "epochs must be >= 1")
         _require(self.test_temperature >= 0.0, "test_temperature must be >= 0")
+        _require(self.eval_step is None or self.eval_step > 0, "eval_step must be > 0 or null")
         for name in ("log_step", "val_step", "save_step", "test_step", "keep_last", "test_max_length",
                      "max_nonfinite_steps"):
             _require(getattr(self, name) > 0, f"{name} must be > 0")
