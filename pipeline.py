@@ -48,8 +48,9 @@ class PipelineError(RuntimeError):
 class Utterance:
     """One synthesised sentence.
 
-    tokens: (T,) long codec tokens (EOS and PAD stripped).  gate: (T,) float stop probability per
-    generated token.  mel: (T * downsample, C) log-mel or None (no pre-encoder).  wav: (N,) float32
+    tokens: (T,) long codec tokens (EOS and PAD stripped).  gate: float stop probability per
+    step: (T + 1,) when the row stopped (the last value is the step that chose to stop), (T,) when
+    it hit ``max_length``.  mel: (T * downsample, C) log-mel or None (no pre-encoder).  wav: (N,) float32
     in [-1, 1] or None, N = T * downsample * hop.  vocoder: "istftnet", "griffin_lim" or None.
     """
 
@@ -248,7 +249,7 @@ class Synthesizer:
                 mel = mels[b, : int(frames[b])].cpu() if mels is not None else torch.zeros(0, self.audio.n_mels)
             out.append(Utterance(
                 text=text, normalized_text=normalized[b], speaker=None if spk is None else int(spk[b]),
-                tokens=tokens[b, :n].clone(), gate=res.gate[b, :n].float().cpu(),
+                tokens=tokens[b, :n].clone(), gate=res.gate[b, : n + 1].float().cpu(),
                 hit_max_length=bool(res.hit_max_length[b]), mel=mel, wav=wavs[b],
                 sample_rate=self.sample_rate, vocoder=self.vocoder_name,
             ))

@@ -243,16 +243,17 @@ class Echolancer(nn.Module):
         ``em_hidden=None`` means "no emotion" and uses the zero sentence vector, the same default
         the dataset uses for files without an ``emotion`` key.
         """
+        dtype = self.enc_cond.weight.dtype  # a model cast with .half()/.to(bf16) gets inputs to match
         if em_hidden is None:
-            em_hidden = torch.zeros(batch_size, self.cfg.emotion_input_size, device=device)
+            em_hidden = torch.zeros(batch_size, self.cfg.emotion_input_size, device=device, dtype=dtype)
         if em_hidden.shape != (batch_size, self.cfg.emotion_input_size):
             raise ValueError(
                 f"em_hidden must be (B, emotion_input_size) = ({batch_size}, {self.cfg.emotion_input_size}), "
                 f"got {tuple(em_hidden.shape)}"
             )
-        parts = [self.emotion_encoder(em_hidden)]
+        parts = [self.emotion_encoder(em_hidden.to(dtype))]
         if self.speaker_embed is not None or self.ref_encoder is not None:
-            spk = torch.zeros(batch_size, self.cfg.speaker_channels, device=device)
+            spk = torch.zeros(batch_size, self.cfg.speaker_channels, device=device, dtype=dtype)
             if self.speaker_embed is not None:
                 if speakers is None:
                     raise ValueError("this model is multi-speaker: pass speaker ids (B,)")

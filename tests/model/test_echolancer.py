@@ -160,3 +160,11 @@ def test_stop_head_produces_per_position_logits():
     out = m(*batch(m)[:5])
     assert out.stop_logits.shape == out.logits.shape[:2]
     assert out.stop_targets.sum(1).tolist() == [1, 1]
+
+
+def test_a_model_cast_to_bfloat16_runs_without_autocast():
+    m = make_model().to(torch.bfloat16)
+    spk, texts, sl, mels, ml, em = batch(m)
+    out = m(spk, texts, sl, mels, ml, em)  # float32 emotion input is cast to the weights' dtype
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits.float()).all()
+    assert torch.isfinite(m(spk, texts, sl, mels, ml).logits.float()).all()  # default (zero) emotion
