@@ -168,3 +168,31 @@ def test_a_model_cast_to_bfloat16_runs_without_autocast():
     out = m(spk, texts, sl, mels, ml, em)  # float32 emotion input is cast to the weights' dtype
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits.float()).all()
     assert torch.isfinite(m(spk, texts, sl, mels, ml).logits.float()).all()  # default (zero) emotion
+
+
+@pytest.mark.parametrize("alibi", [True, False])
+def test_attention_never_materialises_a_batch_sized_float_mask(alibi, monkeypatch):
+    import model.layers as layers
+
+    calls = []
+    sdpa = layers.F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, is_causal=False, **kw):
+        calls.append((q.shape, None if attn_mask is None else (attn_mask.dtype, tuple(attn_mask.shape)), is_causal))
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kw)
+
+    monkeypatch.setattr(layers.F, "scaled_dot_product_attention", spy)
+    m = make_model(f"model.use_alibi={str(alibi).lower()}")
+    spk, texts, sl, mels, ml, em = batch(m, B=3, S=9, T=12)
+    m(spk, texts, sl, mels, ml, em)
+    B, H, T = 3, 2, 13
+    for q_shape, mask, is_causal in calls:
+        if mask is None:
+            assert is_causal  # decoder self-attention without ALiBi: SDPA's own causal mask
+        elif mask[0] == torch.bool:
+            assert mask[1][1:3] == (1, 1)  # key padding (B, 1, 1, S), broadcast over heads and queries
+        else:
+            # float ALiBi bias: shared by the batch in the decoder; only the short encoder is (B, H, S, S)
+            assert alibi and (mask[1] == (1, H, T, T) or mask[1][2] == q_shape[2] == 9)
+    decoder_self = [c for c in calls if c[0][2] == T and (c[1] is None or c[1][1][-1] == T)]
+    assert len(decoder_self) == m.cfg.decoder.layer
