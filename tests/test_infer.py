@@ -18,15 +18,6 @@ TINY = "config/model_tiny.yaml"
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
-    spinning makes each small op up to 10x slower: run single-threaded, restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 def save_checkpoint(path, step: int = 7, seed: int = 0, overrides: tuple[str, ...] = ()) -> Echolancer:
     cfg = load_config(TINY, list(overrides))
     torch.manual_seed(seed)

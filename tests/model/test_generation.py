@@ -22,15 +22,6 @@ MAX_LEN = 40
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
-    spinning makes each small op up to 10x slower: run single-threaded, restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 def make_model(*overrides: str, gain: float = 1.0, seed: int = 0) -> Echolancer:
     cfg = load_config("config/model_tiny.yaml", list(overrides))
     model = Echolancer.from_config(cfg)

@@ -15,15 +15,6 @@ TINY = "config/model_tiny.yaml"
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
-    spinning makes each small op up to 10x slower: run single-threaded, restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 def tiny_model(*overrides: str, seed: int = 0) -> tuple[Echolancer, object]:
     cfg = load_config(TINY, list(overrides))
     torch.manual_seed(seed)
