@@ -22,6 +22,7 @@ codebook size, audio settings) are errors when the synthesizer is built, not aft
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -268,35 +269,31 @@ def build_synthesizer(model, tokenizer: CharTokenizer, bert_model=None, pre_enco
         istftnet_dir: an exported ISTFTNet directory (or a loaded ``ISTFTNetFE``), or None.
         device: where the front ends run.  audio: the model's audio settings (default: shared).
     """
-    bert = pre = voc = None
-    if bert_model is not None:
-        if isinstance(bert_model, str):
-            from bertfe import BERTFrontEnd
+    def load(stage: str, source, loader):
+        """A path is loaded (a failure names the stage); an already loaded component passes through."""
+        if source is None or not isinstance(source, (str, bytes, os.PathLike)):
+            return source
+        try:
+            return loader(source)
+        except Exception as e:
+            raise PipelineError(stage, f"{type(e).__name__}: {e}") from e
 
-            try:
-                bert = BERTFrontEnd(bert_model, device=device)
-            except Exception as e:
-                raise PipelineError("bert", f"{type(e).__name__}: {e}") from e
-        else:
-            bert = bert_model
-    if pre_encoder_dir is not None:
-        if isinstance(pre_encoder_dir, (str, bytes)) or hasattr(pre_encoder_dir, "__fspath__"):
-            from scripted_preencoder import ScriptedPreEncoder
+    def load_bert(path):
+        from bertfe import BERTFrontEnd
 
-            try:
-                pre = ScriptedPreEncoder(pre_encoder_dir, device=device)
-            except Exception as e:
-                raise PipelineError("pre-encoder", f"{type(e).__name__}: {e}") from e
-        else:
-            pre = pre_encoder_dir
-    if istftnet_dir is not None:
-        if isinstance(istftnet_dir, (str, bytes)) or hasattr(istftnet_dir, "__fspath__"):
-            from istftnetfe import ISTFTNetFE
+        return BERTFrontEnd(path, device=device)
 
-            try:
-                voc = ISTFTNetFE.load_ts(istftnet_dir, device)
-            except Exception as e:
-                raise PipelineError("vocoder", f"{type(e).__name__}: {e}") from e
-        else:
-            voc = istftnet_dir
+    def load_pre_encoder(path):
+        from scripted_preencoder import ScriptedPreEncoder
+
+        return ScriptedPreEncoder(path, device=device)
+
+    def load_vocoder(path):
+        from istftnetfe import ISTFTNetFE
+
+        return ISTFTNetFE.load_ts(path, device)
+
+    bert = load("bert", bert_model, load_bert)
+    pre = load("pre-encoder", pre_encoder_dir, load_pre_encoder)
+    voc = load("vocoder", istftnet_dir, load_vocoder)
     return Synthesizer(model, tokenizer, bert=bert, pre_encoder=pre, vocoder=voc, audio=audio, device=device)
