@@ -2,6 +2,7 @@
 
 from data.dataset import Collate, DataError, EcholancerDataset, load_sample_file, parse_sample
 from data.dummy import create_dummy_data_files
+from data.loader import get_data_loader
 from data.sampler import BucketBatchSampler, padding_fraction
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "DataError",
     "EcholancerDataset",
     "create_dummy_data_files",
+    "get_data_loader",
     "load_sample_file",
     "padding_fraction",
     "parse_sample",

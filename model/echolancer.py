@@ -1,6 +1,7 @@
 """Echolancer: a non-autoregressive text encoder and an autoregressive audio-token decoder.
 
-Token layout of the decoder (one place, saved with every checkpoint through the config):
+Token layout of the decoder (defined once, in ``utils.config.ModelSection``; saved with every
+checkpoint):
     [0, codebook_size)   codec tokens
     bos_id = codebook_size, eos_id = codebook_size + 1, pad_id = codebook_size + 2
 
@@ -162,10 +163,8 @@ class Echolancer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.codebook_size = cfg.codebook_size
-        self.bos_id = cfg.codebook_size
-        self.eos_id = cfg.codebook_size + 1
-        self.pad_id = cfg.codebook_size + 2
-        self.n_vocab = cfg.codebook_size + 3
+        self.bos_id, self.eos_id, self.pad_id = cfg.bos_id, cfg.eos_id, cfg.pad_id
+        self.n_vocab = cfg.n_audio_vocab
         enc, dec = cfg.encoder, cfg.decoder
         self.use_alibi = cfg.use_alibi
 

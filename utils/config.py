@@ -314,6 +314,24 @@ class ModelSection:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
+    # The decoder's special tokens follow the codebook. This is the one place they are defined;
+    # the model, the data pipeline and checkpoints all read them from here.
+    @property
+    def bos_id(self) -> int:
+        return self.codebook_size
+
+    @property
+    def eos_id(self) -> int:
+        return self.codebook_size + 1
+
+    @property
+    def pad_id(self) -> int:
+        return self.codebook_size + 2
+
+    @property
+    def n_audio_vocab(self) -> int:
+        return self.codebook_size + 3
+
     def check(self) -> None:
         for name in ("vocab_size", "codebook_size", "mel_channels", "emotion_input_size",
                      "emotion_channels", "n_speaker"):

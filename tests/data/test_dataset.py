@@ -119,3 +119,21 @@ def test_dummy_files_are_valid_for_the_configured_sizes(tmp_path, cfg):
     paths = create_dummy_data_files(str(tmp_path), cfg, n_files=6)
     ds = EcholancerDataset(str(tmp_path), cfg)
     assert len(ds) == len(paths) == 6 and set(ds.speakers) <= set(range(cfg.model.n_speaker))
+
+
+def test_get_data_loader_yields_padded_bucketed_batches(tmp_path):
+    from data import get_data_loader
+    from utils.config import load_config
+
+    cfg = load_config("config/model_tiny.yaml")
+    create_dummy_data_files(str(tmp_path), cfg, n_files=10, seed=0)
+    loader = get_data_loader(str(tmp_path), cfg, batch_size=4, seed=0)
+    seen = 0
+    for batch in loader:
+        B, T = batch["mels"].shape
+        assert T == int(batch["mel_lens"].max())
+        beyond = torch.arange(T)[None] >= batch["mel_lens"][:, None]
+        assert (batch["mels"][beyond] == cfg.model.pad_id).all()  # audio padded with the model's PAD
+        assert (batch["mels"][~beyond] < cfg.model.codebook_size).all()
+        seen += B
+    assert seen == 10
