@@ -187,6 +187,20 @@ def _scaled(channels: list[int], width: float) -> list[int]:
     return [max(4, int(round(c * width))) for c in channels]
 
 
+def _conv_stack(convs: nn.ModuleList, conv_post: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """A discriminator's body: leaky-ReLU convolutions, then the output conv.
+
+    Returns the flattened logits (B, L) and every layer's output (for feature matching).
+    """
+    fmap = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        fmap.append(x)
+    x = conv_post(x)
+    fmap.append(x)
+    return torch.flatten(x, 1), fmap
+
+
 class PeriodDiscriminator(nn.Module):
     """Looks at every ``period``-th sample: the waveform folded to (B, 1, N/p, p), 2-D convolutions.
 
@@ -210,14 +224,7 @@ class PeriodDiscriminator(nn.Module):
         if n % self.period:
             # Reflect-pad to a whole number of periods; reflect needs pad < n, always true here.
             wav = F.pad(wav, (0, self.period - n % self.period), mode="reflect")
-        x = wav.view(b, c, -1, self.period)
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1), fmap
+        return _conv_stack(self.convs, self.conv_post, wav.view(b, c, -1, self.period))
 
 
 class ScaleDiscriminator(nn.Module):
@@ -242,14 +249,7 @@ class ScaleDiscriminator(nn.Module):
 
     def forward(self, wav: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Args: wav (B, 1, N). Returns logits (B, L) and the feature map of every layer."""
-        x = wav
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1), fmap
+        return _conv_stack(self.convs, self.conv_post, wav)
 
 
 class Discriminators(nn.Module):
