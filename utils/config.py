@@ -62,14 +62,13 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(value, arg, key, source)
-            except ConfigError as e:
-                errors.append(e)
+            except ConfigError:
+                continue  # try the next member; the error below names the whole union
         raise fail()
     if origin is Literal:
         if value not in typing.get_args(tp):
