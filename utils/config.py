@@ -252,6 +252,9 @@ def _require(cond: bool, message: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 Activation = Literal["relu", "gelu", "swiglu", "relu2"]
+# How the text encoder knows direction and place on top of ALiBi (see model/layers.py). A symmetric
+# |i-j| bias alone makes the encoder mirror-blind, so there is deliberately no "symmetric" choice.
+EncoderPosition = Literal["directional", "absolute", "directional_absolute"]
 
 
 @dataclass
@@ -303,6 +306,7 @@ class ModelSection:
     n_speaker: int = 1
     use_alibi: bool = True
     alibi_alpha: float = 1.0
+    encoder_position: EncoderPosition = "directional"
     activation: Activation = "gelu"
     vq_token_mode: bool = False
     vq_vocab_size: int = 1000
@@ -402,10 +406,32 @@ class DatasetConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """Length bounds of generation, in audio tokens per text token.
+
+    ``null`` takes the bound from the training data's statistics, which training saves in the
+    checkpoint (the smallest and largest ratio seen, widened by ``length_margin``).
+    """
+
+    min_tokens_per_text_token: Optional[float] = None
+    max_tokens_per_text_token: Optional[float] = None
+    length_margin: float = 1.5  # data-derived bounds: min / margin and max x margin
+
+    def check(self) -> None:
+        _require(self.length_margin >= 1.0, f"length_margin must be >= 1, got {self.length_margin}")
+        lo, hi = self.min_tokens_per_text_token, self.max_tokens_per_text_token
+        _require(lo is None or lo >= 0, f"min_tokens_per_text_token must be >= 0 or null, got {lo}")
+        _require(hi is None or hi > 0, f"max_tokens_per_text_token must be > 0 or null, got {hi}")
+        _require(lo is None or hi is None or lo < hi,
+                 f"min_tokens_per_text_token ({lo}) must be < max_tokens_per_text_token ({hi})")
+
+
+@dataclass
 class ModelConfig:
     model: ModelSection = field(default_factory=ModelSection)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def check(self) -> None:
         _require(
@@ -449,6 +475,27 @@ class SchedulerConfig:
 class LossConfig:
     pos_weight: float = 5.0  # weight of the positive (stop) class in the stop-head BCE
     stop_weight: float = 1.0  # weight of the stop-head term in the total
+
+
+@dataclass
+class AlignmentConfig:
+    """Alignment aid: a beta-binomial prior on the decoder's cross-attention scores.
+
+    The prior (as in RAD-TTS) says audio step t of T attends near text position t/T of S. Its log
+    is added to every cross-attention score with weight 1 for ``prior_hold_steps`` optimizer steps,
+    then the weight falls linearly to 0 over ``prior_anneal_steps``; after that training (and
+    always inference) runs without it.
+    """
+
+    prior: bool = True
+    prior_scale: float = 1.0  # beta-binomial concentration per audio step; smaller = wider prior
+    prior_hold_steps: int = 1000
+    prior_anneal_steps: int = 1000
+
+    def check(self) -> None:
+        _require(self.prior_scale > 0, f"prior_scale must be > 0, got {self.prior_scale}")
+        _require(self.prior_hold_steps >= 0 and self.prior_anneal_steps >= 0,
+                 "prior_hold_steps and prior_anneal_steps must be >= 0")
 
 
 @dataclass
@@ -508,6 +555,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     training: TrainingSection = field(default_factory=TrainingSection)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
