@@ -171,6 +171,9 @@ def config_from_dict(schema: type, raw: dict, source: str = "<dict>"):
     """Build and validate a config from a plain dict (e.g. one stored in a checkpoint)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
+    check_saved = getattr(schema, "check_saved", None)
+    if check_saved is not None:  # what an older version saved may mean something else today
+        check_saved(raw, source)
     return _build(schema, raw, "", source)
 
 
@@ -346,6 +349,13 @@ class ModelSection:
             f"emotion_channels ({self.emotion_channels}) must be <= encoder.hidden ({self.encoder.hidden})",
         )
         _require(self.alibi_alpha > 0, f"alibi_alpha must be > 0, got {self.alibi_alpha}")
+        if self.use_alibi and self.encoder_position.startswith("directional"):
+            stacks = [("encoder.head", self.encoder.head)]
+            if self.vq_token_mode:
+                stacks.append(("ref_encoder.head", self.ref_encoder.head))
+            for name, heads in stacks:
+                _require(heads >= 2, f"{name} must be >= 2 for encoder_position '{self.encoder_position}' "
+                         "(one head looks left, one right); or use encoder_position: absolute")
         for part, kv in (("encoder", self.encoder_kv_heads), ("decoder", self.decoder_kv_heads)):
             heads = getattr(self, part).head
             _require(
@@ -432,6 +442,23 @@ class ModelConfig:
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    @staticmethod
+    def check_saved(raw: dict, source: str) -> None:
+        """Refuse a saved config that today's defaults would silently reinterpret.
+
+        Configs saved before ``model.encoder_position`` existed with ``use_alibi: true`` describe a
+        text encoder whose only position signal was a symmetric ALiBi bias: it could not tell a
+        sentence from its reverse, and no current setting reproduces it.
+        """
+        section = raw.get("model")
+        if isinstance(section, dict) and section.get("use_alibi", True) and "encoder_position" not in section:
+            raise ConfigError(
+                f"{source}: model.encoder_position is missing: this model was trained with the symmetric-ALiBi "
+                "text encoder of earlier versions, which cannot tell a sentence from its reverse, so it never "
+                "learned to read text in order; no current setting reproduces it. Retrain it with this version "
+                "(allowed model.encoder_position: directional, absolute, directional_absolute)."
+            )
 
     def check(self) -> None:
         _require(
