@@ -93,8 +93,14 @@ def test_collate_pads_text_with_0_and_audio_with_model_pad_id(tmp_path, cfg):
     b = Collate(pad_id)([ds[0], ds[1]])
     assert b["src_lens"].tolist() == [3, 6] and b["mel_lens"].tolist() == [4, 9]
     assert (b["texts"][0, 3:] == 0).all() and (b["texts"][0, :3] > 0).all()
-    assert (b["mels"][0, 4:] == pad_id).all() and (b["mels"][1] < cfg.model.codebook_size).all()
+    assert (b["mels"][0, 4:] == pad_id).all() and (b["mels"][1, :9] < cfg.model.codebook_size).all()
+    assert (b["mels"][1, 9:] == pad_id).all() and (b["texts"][1, 6:] == 0).all()
     assert b["em_hidden"].shape == (2, cfg.model.emotion_input_size)
+    # Lengths are rounded up to a multiple of 16 by default (few shapes for torch.compile), or not at all.
+    assert b["texts"].shape == (2, 16) and b["mels"].shape == (2, 16)
+    exact = Collate(pad_id, pad_multiple=1)([ds[0], ds[1]])
+    assert exact["texts"].shape == (2, 6) and exact["mels"].shape == (2, 9)
+    assert torch.equal(exact["mels"], b["mels"][:, :9]) and torch.equal(exact["texts"], b["texts"][:, :6])
 
 
 def test_vq_token_mode_reference_is_another_utterance_of_the_same_speaker(tmp_path, cfg):
@@ -131,7 +137,7 @@ def test_get_data_loader_yields_padded_bucketed_batches(tmp_path):
     seen = 0
     for batch in loader:
         B, T = batch["mels"].shape
-        assert T == int(batch["mel_lens"].max())
+        assert T == -(-int(batch["mel_lens"].max()) // 16) * 16  # the longest, rounded up to 16
         beyond = torch.arange(T)[None] >= batch["mel_lens"][:, None]
         assert (batch["mels"][beyond] == cfg.model.pad_id).all()  # audio padded with the model's PAD
         assert (batch["mels"][~beyond] < cfg.model.codebook_size).all()
