@@ -1,9 +1,13 @@
-"""Rebuild a ready-to-use Echolancer from a checkpoint alone.
+"""Rebuild a ready-to-use Echolancer from an inference export or a checkpoint alone.
 
+    loaded = load_echolancer("outputs/run/export")        # the inference export (echolancer.pt)
     loaded = load_echolancer("outputs/run/ckpt")          # a file, or a directory -> newest
     loaded.model, loaded.tokenizer, loaded.model_config, loaded.train_config, loaded.step
 
-A training checkpoint (``utils/checkpoint.py``) carries everything: the state dict, the model and
+An *inference export* (:func:`export_echolancer`, ``<output_dir>/export/echolancer.pt``) holds only
+what inference needs: ``format`` ("echolancer-export"), ``format_version``, the weights, the model
+config, the tokenizer's symbols, the special token ids and the step; tensors and plain values only
+(``torch.load(weights_only=True)``). A training checkpoint (``utils/checkpoint.py``) carries everything: the state dict, the model and
 training configs as plain dicts, the tokenizer's symbols and the special token ids. A *raw* state
 dict (just parameter names -> tensors, e.g. exported by hand) carries no config, so it needs
 ``model_config_path``; its tokenizer is then the default ``CharTokenizer``.
@@ -24,10 +28,12 @@ from torch import Tensor
 
 from model.echolancer import Echolancer
 from utils.char_tokenizer import CharTokenizer
-from utils.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from utils.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from utils.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict, load_config
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
+EXPORT_FORMAT = "echolancer-export"
+EXPORT_NAME = "echolancer.pt"
 # Prefixes that wrappers add to parameter names: torch.compile and DistributedDataParallel.
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
@@ -49,13 +55,41 @@ class LoadedModel:
 
 
 def resolve_checkpoint_path(path_or_dir: str | os.PathLike) -> str:
-    """A checkpoint file as given, or the newest ``ckpt_<step>.pt`` of a directory."""
+    """A file as given; a directory: its inference export (``echolancer.pt``), else its newest
+    ``ckpt_<step>.pt``; a run's output directory: ``export/echolancer.pt``."""
     path = os.fspath(path_or_dir)
     if os.path.isdir(path):
+        for candidate in (os.path.join(path, EXPORT_NAME), os.path.join(path, "export", EXPORT_NAME)):
+            if os.path.isfile(candidate):
+                return candidate
         newest = latest_checkpoint(path)
         if newest is None:
-            raise CheckpointError(f"{path}: no checkpoint files (ckpt_<step>.pt) in this directory")
+            raise CheckpointError(f"{path}: no inference export ({EXPORT_NAME}) and no checkpoint files "
+                                  "(ckpt_<step>.pt) in this directory")
         return newest
+    return path
+
+
+def export_echolancer(model: Echolancer, model_cfg: ModelConfig, tokenizer: CharTokenizer, out_dir: str,
+                      step: Optional[int] = None) -> str:
+    """Write the inference export ``<out_dir>/echolancer.pt`` (atomically) and return its path.
+
+    No optimizer, scheduler or RNG state: a fraction of a training checkpoint's size, and all a
+    user of the model needs. :func:`load_echolancer` reads it back (file or directory).
+    """
+    sd = _strip_wrapper_prefixes({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    state = {
+        "format": EXPORT_FORMAT,
+        "format_version": 1,
+        "model": sd,
+        "model_config": config_to_dict(model_cfg),
+        "tokenizer": tokenizer.to_dict(),
+        "special_tokens": {"codebook_size": model.codebook_size, "bos_id": model.bos_id, "eos_id": model.eos_id,
+                           "pad_id": model.pad_id},
+        "step": step,
+    }
+    path = os.path.join(out_dir, EXPORT_NAME)
+    save_checkpoint(state, path)
     return path
 
 
@@ -146,7 +180,8 @@ def load_echolancer(
     """Load a model, its tokenizer and configs from a checkpoint file or a ``ckpt/`` directory.
 
     Args:
-        checkpoint_path_or_dir: a checkpoint file, or a directory (its newest ``ckpt_<step>.pt``).
+        checkpoint_path_or_dir: an inference export or checkpoint file, or a directory (see
+            :func:`resolve_checkpoint_path`).
         device: where to put the model.
         model_config_path: the model YAML, required for a raw state dict; for a full checkpoint
             it may be given but must agree with the checkpoint's own config.

@@ -12,7 +12,7 @@ import torch
 from data.dataset import Collate, EcholancerDataset
 from data.dummy import create_dummy_data_files
 from train import main as train_main
-from training.trainer import RunPaths, Trainer
+from training.echolancer import RunPaths, Trainer
 from utils.checkpoint import load_checkpoint
 from utils.config import load_configs
 from utils.distributed import DistInfo

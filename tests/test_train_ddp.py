@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from data.dummy import create_dummy_data_files
-from training.trainer import RunPaths, Trainer
+from training.echolancer import RunPaths, Trainer
 from utils.checkpoint import load_checkpoint
 from utils.config import load_configs
 from utils.distributed import DistInfo

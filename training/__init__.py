@@ -1,5 +1,5 @@
-"""The Echolancer training loop (``train.py`` is its command-line entry point)."""
+"""Training: the shared engine (engine.py) and one recipe per model (echolancer.py, preencoder.py, vocoder.py)."""
 
-from training.trainer import RunPaths, Trainer, TrainResult
+from training.echolancer import RunPaths, Trainer, TrainResult
 
 __all__ = ["RunPaths", "TrainResult", "Trainer"]

@@ -118,21 +118,28 @@ class CheckpointManager:
     The best checkpoint is also copied to ``best.pt`` (so it survives even after its step file is
     rotated out) and its step and loss are recorded in ``best.json``, which a resumed run reads back.
 
+    Rotation only ever deletes files this run owns: the ones this manager wrote, plus (with
+    ``adopt_existing``, i.e. when resuming) the step files already in the directory. Temporary
+    files left by a save that was killed (``kill -9``) are removed at start-up.
+
     Args:
         ckpt_dir: directory for the checkpoints (created).
         keep_last: how many of the newest step checkpoints to keep.
+        adopt_existing: treat the step files already present as this run's (a resumed run).
     """
 
-    def __init__(self, ckpt_dir: str | os.PathLike, keep_last: int = 3) -> None:
+    def __init__(self, ckpt_dir: str | os.PathLike, keep_last: int = 3, adopt_existing: bool = True) -> None:
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
         self.ckpt_dir = os.fspath(ckpt_dir)
         self.keep_last = keep_last
         os.makedirs(self.ckpt_dir, exist_ok=True)
+        remove_stale_temporaries(self.ckpt_dir)
+        self._own: set[str] = {p for _, p in list_checkpoints(self.ckpt_dir)} if adopt_existing else set()
         self.best_loss: Optional[float] = None
         self.best_step: Optional[int] = None
         meta = os.path.join(self.ckpt_dir, _BEST_META)
-        if os.path.isfile(meta):
+        if adopt_existing and os.path.isfile(meta):
             with open(meta, encoding="utf-8") as f:
                 d = json.load(f)
             self.best_loss, self.best_step = float(d["val_loss"]), int(d["step"])
@@ -151,6 +158,7 @@ class CheckpointManager:
         """
         path = os.path.join(self.ckpt_dir, checkpoint_name(step))
         save_checkpoint(state, path)
+        self._own.add(path)
         if val_loss is not None and (self.best_loss is None or val_loss < self.best_loss):
             self.best_loss, self.best_step = float(val_loss), int(step)
             save_checkpoint(state, os.path.join(self.ckpt_dir, BEST_NAME))
@@ -162,11 +170,30 @@ class CheckpointManager:
         return path
 
     def _rotate(self) -> None:
-        found = list_checkpoints(self.ckpt_dir)
+        found = [(s, p) for s, p in list_checkpoints(self.ckpt_dir) if p in self._own]
         for step, path in found[: max(0, len(found) - self.keep_last)]:
             if step == self.best_step:  # never delete the best step file
                 continue
             os.remove(path)
+            self._own.discard(path)
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Delete the ``.tmp_*.pt`` / ``*.tmp`` files an interrupted :func:`save_checkpoint` left behind.
+
+    Only the process that owns the directory calls this (rank 0 of the run writing it), at start-up,
+    when no save of its own is in flight.
+    """
+    removed = []
+    for name in os.listdir(directory):
+        if (name.startswith(".tmp_") and name.endswith(".pt")) or name == _BEST_META + ".tmp":
+            path = os.path.join(directory, name)
+            try:
+                os.remove(path)
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 # --------------------------------------------------------------------------------------------

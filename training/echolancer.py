@@ -1,4 +1,4 @@
-"""The Echolancer training loop.
+"""The Echolancer recipe: text -> codec tokens, on top of the shared engine (``training/engine.py``).
 
 One *step* is one optimizer update made of up to ``grad_acc_step`` micro-batches (fewer at the end
 of an epoch). The loss of every micro-batch is a sum over valid target tokens divided by the token
@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -34,6 +33,18 @@ from data.dataset import Collate, EcholancerDataset
 from data.sampler import BucketBatchSampler
 from model.echolancer import Echolancer
 from model.loss import EcholancerLoss
+from model.pretrained import export_echolancer
+from pipeline import PipelineError
+from training.engine import (
+    StopSignals,
+    apply_optimizer_settings,
+    autocast,
+    check_resume_compatible,
+    prepare_output_dir,
+    resolve_precision,
+    seed_everything,
+    worker_init_fn,
+)
 from training.test_interval import TestInterval
 from utils.char_tokenizer import CharTokenizer
 from utils.checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
@@ -61,6 +72,8 @@ class RunPaths:
     istftnet_dir: Optional[str] = None
     test_sentences: list[str] = field(default_factory=list)
     test_speakers: list[int] = field(default_factory=list)
+    overwrite: bool = False  # a fresh run may replace another run's checkpoints (moved aside)
+    export: bool = True  # write <output_dir>/export/echolancer.pt when training ends
 
 
 @dataclass
@@ -70,27 +83,6 @@ class TrainResult:
     epoch: int
     best_val_loss: Optional[float]
     last_checkpoint: Optional[str]
-
-
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """``auto``: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
-    if requested != "auto":
-        if requested == "fp16" and device.type != "cuda":
-            raise ConfigError(f"training.precision: fp16 needs a CUDA device, got {device}; use bf16 or fp32")
-        return requested
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class Trainer:
@@ -105,6 +97,9 @@ class Trainer:
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, paths: RunPaths, dist_info: DistInfo) -> None:
         self.mcfg, self.tcfg, self.paths, self.dist = model_cfg, train_cfg, paths, dist_info
         tc = train_cfg.training
+        if tc.max_steps is not None and tc.max_steps < 1:
+            raise ConfigError(f"training.max_steps must be >= 1 (or null: train for training.epochs), got {tc.max_steps}")
+        prepare_output_dir(paths.output_dir, paths.resume, paths.overwrite, dist_info.is_main)
         self.device = dist_info.device
         self.precision = resolve_precision(tc.precision, self.device)
         self.ckpt_dir = os.path.join(paths.output_dir, "ckpt")
@@ -138,7 +133,8 @@ class Trainer:
         self.criterion = EcholancerLoss(train_cfg.loss.pos_weight, train_cfg.loss.stop_weight)
         es = train_cfg.early_stopping
         self.early_stopping = EarlyStopping(es.patience, es.min_delta, es.enabled)
-        self.ckpt = CheckpointManager(self.ckpt_dir, tc.keep_last) if dist_info.is_main else None
+        self.ckpt = (CheckpointManager(self.ckpt_dir, tc.keep_last, adopt_existing=paths.resume is not None)
+                     if dist_info.is_main else None)
 
         # Counters that live in checkpoints.
         self.step = 0
@@ -200,13 +196,11 @@ class Trainer:
         return DataLoader(
             dataset, batch_sampler=sampler, collate_fn=self.collate, num_workers=nw,
             pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(self.tcfg.training.seed),
+            worker_init_fn=worker_init_fn if nw > 0 else None,
         )
 
     def _autocast(self):
-        if self.precision == "fp32":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast(self.precision, self.device)
 
     # ---- checkpoints ----------------------------------------------------------------------------
 
@@ -252,11 +246,8 @@ class Trainer:
         """Load a checkpoint into model, optimizer, scheduler, scaler and counters; returns its RNG states."""
         ck = load_checkpoint(where, map_location="cpu")
         saved = ck.get("model_config", {}).get("model")
-        current = config_to_dict(self.mcfg)["model"]
-        if saved is not None and saved != current:
-            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-            raise ConfigError(f"{where}: checkpoint was trained with a different model config; differing "
-                              f"model.* keys: {', '.join(diff)}")
+        if saved is not None:
+            check_resume_compatible(where, {"model": (saved, config_to_dict(self.mcfg)["model"])})
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         saved_total = ck.get("total_steps")
@@ -265,6 +256,10 @@ class Trainer:
                         "training.max_steps or epochs); set scheduler.total_steps to keep the old schedule",
                         where, saved_total, self.total_steps)
         self.scheduler.load_state_dict(ck["scheduler"])
+        oc = self.tcfg.optimizer
+        # Policy (docs/DESIGN.md, "Resuming"): changed optimizer keys are applied and logged.
+        apply_optimizer_settings(where, self.optimizer, self.scheduler, {
+            "learning_rate": oc.learning_rate, "weight_decay": oc.weight_decay, "betas": oc.betas, "eps": oc.eps})
         self.scaler.load_state_dict(ck["scaler"])
         self.step, self.epoch = int(ck["step"]), int(ck["epoch"])
         self.epoch_position = int(ck["sampler"]["position"])
@@ -399,29 +394,14 @@ class Trainer:
         best = self.early_stopping.best_loss
         metrics = {**metrics, "val/best_loss": vl if best is None else best}
         self.logger.log(metrics, self.step)
-        if self.dist.is_main:
-            tqdm.write(f"step {self.step} epoch {self.epoch}: val loss {vl:.4f} ce {metrics['val/ce']:.4f} "
-                       f"acc {metrics['val/accuracy']:.3f} (best {metrics['val/best_loss']:.4f}, "
-                       f"{self.early_stopping.bad_validations}/{self.early_stopping.patience} without improvement)")
+        if self.dist.is_main:  # through logging, so train.log has it too
+            log.info("step %d epoch %d: val loss %.4f ce %.4f acc %.3f (best %.4f, %d/%d without improvement)",
+                     self.step, self.epoch, vl, metrics["val/ce"], metrics["val/accuracy"], metrics["val/best_loss"],
+                     self.early_stopping.bad_validations, self.early_stopping.patience)
         if improved:
             self.save(val_loss=vl)
 
     # ---- the loop -------------------------------------------------------------------------------
-
-    def _install_signal_handlers(self) -> dict:
-        previous = {}
-
-        def handler(signum, frame):
-            log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
-            self.request_stop()
-            signal.signal(signum, previous[signum])  # a second signal acts immediately
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread: signals cannot be handled here
-                pass
-        return previous
 
     def _stop_now(self) -> bool:
         flag = torch.tensor(float(self._stop_requested), device=self.device)
@@ -429,7 +409,7 @@ class Trainer:
 
     def train(self) -> TrainResult:
         tc = self.tcfg.training
-        previous = self._install_signal_handlers()
+        signals = StopSignals(self.request_stop).__enter__()
         status = "finished"
         max_steps = tc.max_steps if tc.max_steps is not None else math.inf
         bar = tqdm(total=min(max_steps, tc.epochs * self.steps_per_epoch), initial=self.step,
@@ -455,10 +435,13 @@ class Trainer:
                     log.info("early stopping at step %d: no improvement for %d validations",
                              self.step, self.early_stopping.patience)
                 self._restore_best()
+                if self.paths.export and self.dist.is_main:
+                    path = export_echolancer(self.model, self.mcfg, self.tokenizer,
+                                             os.path.join(self.paths.output_dir, "export"), self.step)
+                    log.info("inference export: %s", path)
         finally:
             bar.close()
-            for sig, h in previous.items():
-                signal.signal(sig, h)
+            signals.__exit__(None, None, None)
             self.logger.summary({"final_step": self.step, "status": status,
                                  "best_val_loss": self.early_stopping.best_loss})
             self.logger.finish()
@@ -515,16 +498,30 @@ class Trainer:
         if self.step % tc.save_step == 0 and self._saved_step != self.step:
             self.save()
         score = tc.eval_step is not None and self.step % tc.eval_step == 0
-        if (self.step % tc.test_step == 0 or score) and self.tester is not None:
+        if self.step % tc.test_step == 0 or score:
+            self._test_interval(score)
+        return "finished"
+
+    def _test_interval(self, score: bool) -> None:
+        """Synthesise the test sentences (rank 0). A failure is never skipped and never loses the run:
+        every rank learns of it (the save gathers from all ranks), the step is saved, then it raises."""
+        error: Optional[BaseException] = None
+        if self.tester is not None:
             try:
                 self.tester.run(self.step, self.logger, score=score)
-            except Exception:
-                # Never silently skipped, never a lost run: keep this step's state, then fail loudly.
-                if self._saved_step != self.step:
-                    self.save()
-                log.error("test interval failed at step %d; state saved to %s", self.step, self.last_checkpoint)
-                raise
-        return "finished"
+            except Exception as e:
+                error = e
+        failed = error is not None
+        if self.dist.enabled:
+            failed = bool(all_reduce_max(torch.tensor(float(failed), device=self.device)) > 0)
+        if not failed:
+            return
+        if self._saved_step != self.step:
+            self.save()
+        if error is None:  # another rank's failure (rank 0 runs the test interval)
+            raise PipelineError("test interval", f"failed on rank 0 at step {self.step}; see its log")
+        log.error("test interval failed at step %d; state saved to %s", self.step, self.last_checkpoint)
+        raise error
 
     def _restore_best(self) -> None:
         if not self.tcfg.early_stopping.restore_best or self.ckpt is None or self.ckpt.best_path is None:
