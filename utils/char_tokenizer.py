@@ -1,95 +1,45 @@
-"""Deterministic character tokenizer with a small English normaliser.
+"""Deterministic character tokenizer with an English normaliser.
 
 The vocabulary is a fixed, ordered list of symbols written in this file, so every process maps
 the same text to the same ids (the first published version hashed characters, which changed
 between runs). It is saved into every checkpoint and can be loaded back from there.
 
-Normalisation: unicode -> ASCII (``unidecode``), currency, ordinals and numbers spelled out
-(``num2words``), common abbreviations expanded, lower-cased, whitespace collapsed.
+Normalisation is ``utils.text_normalizer.normalize`` (numbers, dates, times, money, units, symbols,
+abbreviations and initialisms read as words; lower case). Its version string is saved with the
+tokenizer: loading a tokenizer saved under another version, or under none (checkpoints older than
+the versioning), still works but warns (:class:`NormalizerVersionWarning`), because the model was
+trained on text normalised differently. A warning, not an error: most sentences read the same, and
+an old checkpoint must stay usable; pass ``warnings.simplefilter("error", NormalizerVersionWarning)``
+to make it fatal.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 from typing import Optional
 
-from num2words import num2words
-from unidecode import unidecode
+from utils.text_normalizer import NORMALIZER_VERSION, normalize
 
 PAD = "<pad>"
 UNK = "<unk>"
 # Order matters: ids are positions in this list. Append new symbols at the end only.
 DEFAULT_SYMBOLS = [PAD, UNK, " "] + list("abcdefghijklmnopqrstuvwxyz") + list(".,!?'\"-:;()")
 
-_ABBREVIATIONS = {
-    "mr": "mister",
-    "mrs": "missus",
-    "ms": "miss",
-    "dr": "doctor",
-    "st": "saint",
-    "co": "company",
-    "jr": "junior",
-    "sr": "senior",
-    "prof": "professor",
-    "gen": "general",
-    "lt": "lieutenant",
-    "capt": "captain",
-    "sgt": "sergeant",
-    "col": "colonel",
-    "vs": "versus",
-    "etc": "et cetera",
-    "mt": "mount",
-    "ft": "fort",
-}
-_ABBREV_RE = re.compile(r"\b(" + "|".join(_ABBREVIATIONS) + r")\.", re.IGNORECASE)
-_CURRENCY_RE = re.compile(r"([$£€])\s?(\d[\d,]*(?:\.\d+)?)")
-_ORDINAL_RE = re.compile(r"\b(\d+)(st|nd|rd|th)\b", re.IGNORECASE)
-_DECIMAL_RE = re.compile(r"\b\d+\.\d+\b")
-_NUMBER_RE = re.compile(r"\b\d[\d,]*\b")
-_PERCENT_RE = re.compile(r"(\d)\s?%")
-_CURRENCY_NAMES = {"$": ("dollar", "cent"), "£": ("pound", "penny"), "€": ("euro", "cent")}
-
-
-def _plural(word: str, n: int) -> str:
-    if n == 1:
-        return word
-    return "pence" if word == "penny" else word + "s"
-
-
-def _spell_currency(match: re.Match) -> str:
-    major_name, minor_name = _CURRENCY_NAMES[match.group(1)]
-    amount = match.group(2).replace(",", "")
-    whole, _, frac = amount.partition(".")
-    major = int(whole)
-    minor = int((frac + "00")[:2]) if frac else 0
-    parts = []
-    if major or not minor:
-        parts.append(f"{num2words(major)} {_plural(major_name, major)}")
-    if minor:
-        parts.append(f"{num2words(minor)} {_plural(minor_name, minor)}")
-    return " and ".join(parts)
-
 
 def normalize_text(text: str) -> str:
-    """English text normalisation: ASCII, spelled-out numbers, expanded abbreviations, lower case.
+    """English text normalisation (``utils.text_normalizer``): the words a person says, lower case.
 
     >>> normalize_text("Dr. Smith paid $3.50 on the 2nd of May, 1999!")
-    'doctor smith paid three dollars and fifty cents on the second of may, one thousand, nine hundred and ninety-nine!'
+    'doctor smith paid three dollars and fifty cents on the second of may, nineteen ninety-nine!'
     """
-    # Currency first: unidecode would turn "£" into "PS".
-    text = _CURRENCY_RE.sub(_spell_currency, text)
-    text = unidecode(text)
-    text = _PERCENT_RE.sub(r"\1 percent", text)
-    text = _ABBREV_RE.sub(lambda m: _ABBREVIATIONS[m.group(1).lower()], text)
-    text = _ORDINAL_RE.sub(lambda m: num2words(int(m.group(1)), to="ordinal"), text)
-    text = _DECIMAL_RE.sub(lambda m: num2words(float(m.group(0))), text)
-    text = _NUMBER_RE.sub(lambda m: num2words(int(m.group(0).replace(",", ""))), text)
-    text = text.lower()
-    text = re.sub(r"\s+", " ", text).strip()
-    return text
+    return normalize(text)
+
+
+class NormalizerVersionWarning(UserWarning):
+    """A tokenizer was saved with another version of the text normaliser than this code runs."""
 
 
 class CharTokenizer:
@@ -147,11 +97,21 @@ class CharTokenizer:
 
     # ---- persistence: a plain dict so it can live inside a weights_only checkpoint ----
     def to_dict(self) -> dict:
-        return {"symbols": list(self.symbols), "normalize": self.normalize}
+        return {"symbols": list(self.symbols), "normalize": self.normalize, "normalizer_version": NORMALIZER_VERSION}
 
     @classmethod
     def from_dict(cls, d: dict) -> CharTokenizer:
-        return cls(symbols=list(d["symbols"]), normalize=bool(d.get("normalize", True)))
+        tok = cls(symbols=list(d["symbols"]), normalize=bool(d.get("normalize", True)))
+        saved = d.get("normalizer_version")
+        if tok.normalize and saved != NORMALIZER_VERSION:
+            was = f"version {saved!r}" if saved else "a normaliser older than versioning (no version saved)"
+            warnings.warn(
+                f"this tokenizer was saved with text normaliser {was}, but this code normalises with version "
+                f"{NORMALIZER_VERSION!r}: numbers, dates, units, symbols or abbreviations may now be read "
+                "differently from the text the model was trained on. Check the normalised text (infer.py prints "
+                "it), or retrain/fine-tune on text prepared with this version.",
+                NormalizerVersionWarning, stacklevel=2)
+        return tok
 
     def save(self, path: str) -> None:
         with open(path, "w", encoding="utf-8") as f:
