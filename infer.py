@@ -132,12 +132,12 @@ def load_reference(loaded: LoadedModel, path: Optional[str], device: torch.devic
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InferError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
-    return device
+    from utils.distributed import CudaUnavailableError, pick_device
+
+    try:  # no silent CPU run when CUDA was asked for or an NVIDIA GPU is present
+        return pick_device(name)
+    except CudaUnavailableError as e:
+        raise InferError(str(e)) from None
 
 
 def save_wav(path: str, wav: np.ndarray, sample_rate: int) -> None:
