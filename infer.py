@@ -234,6 +234,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             metas.append(write_utterance(args.output_dir, f"utt_{index:04d}", utt, length, meta))
             flag = "  (hit max_length: no stop)" if meta["hit_max_length"] else ""
             print(f"utt_{index:04d}: {length} tokens ({meta['audio_seconds']} s){flag}  {utt.text[:60]!r}")
+            print(f"  spoken as: {utt.normalized_text!r}")  # what the normaliser made of it: the model reads this
         print(f"batch of {len(batch)}: {batch_tokens} tokens in {elapsed:.2f} s = {batch_tokens / elapsed:.1f} tokens/s")
     print(f"wrote {len(metas)} sentence(s) to {args.output_dir}")
     return metas

@@ -52,6 +52,7 @@ from data.corpus import LAYOUTS, Problem, Row, discover
 from utils.audio import check_same_audio, load_wav, mel_spectrogram
 from utils.char_tokenizer import CharTokenizer
 from utils.config import AudioConfig, ConfigError, load_config
+from utils.text_normalizer import NORMALIZER_VERSION, verbalises
 
 
 def split_keys(keys: list[str], val_fraction: float) -> set[str]:
@@ -206,8 +207,12 @@ def print_report(report: dict, out_dir: str, max_lines: int = 10) -> None:
             print(f"{title}: min {d['min']:.3f}  median {d['median']:.3f}  p95 {d['p95']:.3f}  max {d['max']:.3f}"
                   f"  ({len(d['outliers'])} outliers{': ' if d['outliers'] else ''}"
                   + ", ".join(f"{o['key']}={o['value']}" for o in d["outliers"][:5]) + ")")
+    if "normalizer" in report:
+        n = report["normalizer"]
+        print(f"text normaliser {n['version']}: changed {n['changed']} of {n['sentences']} sentences "
+              f"({100 * n['changed_share']:.1f} %) by reading out numbers, symbols or abbreviations")
     if report["unmappable_characters"]:
-        print("characters the tokenizer cannot map: "
+        print("characters the normaliser kept unverbalised (the tokenizer maps them to <unk>): "
               + ", ".join(f"{c!r} x{n}" for c, n in report["unmappable_characters"].items()))
     if report["errors"]:
         print(f"problems ({', '.join(f'{k}: {n}' for k, n in report['error_counts'].items())}):")
@@ -322,6 +327,7 @@ def preprocess(
 
     # Text first: a row without speakable text never costs an audio load.
     good, tokens, unknown = screen_texts(rows, tokenizer, problems)
+    changed = sum(verbalises(r.text) for r in good)  # sentences whose numbers, symbols ... were read out
     val_keys = split_keys([r.key for r in good], val_fraction)
     spk_map = speaker_ids(output_dir, [r.speaker for r in good])
     manifest_path = os.path.join(output_dir, "manifest.jsonl")
@@ -376,6 +382,8 @@ def preprocess(
             bar.update(len(batch))
 
     report = build_report(records, problems, unknown, spk_map, layout, skipped)
+    report["normalizer"] = {"version": NORMALIZER_VERSION, "sentences": len(good), "changed": changed,
+                            "changed_share": round(changed / max(len(good), 1), 4)}
     report["settings"] = {"config": config_path, "pre_encoder_dir": pre_encoder_dir, "bert_model": bert_model,
                           "val_fraction": val_fraction, "trim_silence": trim, "audio": asdict(audio),
                           "codebook_size": int(pre.codebook_size)}

@@ -151,6 +151,7 @@ _CURRENCIES = {
     "£": ("pound", "pounds", "penny", "pence"),
     "¥": ("yen", "yen", "", ""),
 }
+_CODE_SIGNS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
 _SCALES = {"thousand": "thousand", "million": "million", "billion": "billion", "trillion": "trillion",
            "k": "thousand", "K": "thousand", "m": "million", "M": "million", "mn": "million",
            "b": "billion", "B": "billion", "bn": "billion", "tn": "trillion"}
@@ -188,6 +189,17 @@ _INITIALISMS = {
     "FDA", "FAA", "IMF", "UAE", "IQ", "IP", "EA", "UAW", "OECD", "IBM", "AOL", "UPS", "ESPN", "AP",
     "AA", "EEG", "ECG", "EKG", "ICU", "ER", "OS", "IOC", "ACLU", "AFL", "AU", "EV", "IPO", "OJ", "UV",
 }
+# Short upper-case words that are words, not initialisms ("I AM", "NOT", "OK" is handled apart).
+_CAPS_WORDS = {"THE", "AND", "YOU", "NOT", "ALL", "ARE", "WAS", "BUT", "FOR", "HIS", "HER", "ONE", "OUT", "NOW",
+               "NEW", "OLD", "BIG", "YES", "HEY", "WOW", "OH", "NO", "GO", "SO", "TO", "DO", "WE", "HE", "ME",
+               "BE", "IS", "IT", "IN", "ON", "AT", "AN", "AS", "OR", "IF", "OF", "UP", "BY", "MY", "AM", "ANY",
+               "CAN", "GET", "GOT", "HAD", "HAS", "HIM", "HOW", "ITS", "LET", "MAN", "OUR", "OWN", "SAY", "SEE",
+               "SHE", "TOO", "TWO", "USE", "WAY", "WHO", "BOY", "DID", "END", "FAR", "FEW", "GOD", "OFF", "PUT",
+               "RUN", "SAT", "SET", "SIX", "TEN", "TOP", "WAR", "WIN", "YET", "AGO", "AIR", "ART", "ASK",
+               "BAD", "BED", "BOX", "CAR", "CAT", "DOG", "EAT", "EYE", "FUN", "HAT", "HOT", "JOB", "LAW", "LOW",
+               "MEN", "MOM", "DAD", "PAY", "RED", "SUN", "TRY", "WET", "ZOO", "ACE", "ICE", "AGE", "ADD", "EGO",
+               "OAK", "OIL", "OLE", "OPT", "ORE", "AH", "EH", "HA", "HI", "LO", "MA", "PA", "UH", "UM",
+               "YA", "YO", "OUCH", "BOO", "RAM", "ROM", "PIN", "SIM", "MIX"}
 # Upper-case words without vowels that are nevertheless said as words.
 _WORDS_WITHOUT_VOWELS = {"NYMPH", "SHH", "HMM", "BRR", "TSK", "PSST", "MYTH", "GYM", "SKY", "TRY", "WHY",
                          "FLY", "DRY", "SPY", "CRY", "MY", "BY", "SHY", "SYNC"}
@@ -205,6 +217,8 @@ _ROMAN_VALID = re.compile(r"^(?:C{0,3})(?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3})$")
 _QUANTITY_CUES = {"about", "over", "than", "nearly", "approximately", "some", "exactly", "almost", "only",
                   "just", "least", "total", "another", "additional", "extra", "roughly", "under", "number",
                   "#", "no"}
+# Words that make a bare "7/4" a date rather than a fraction.
+_DATE_CUES = {"on", "by", "until", "till", "since", "before", "after", "from", "due", "dated"}
 # Words that precede years (they win over the plural-noun test: "In 1999 voters ...").
 _YEAR_CUES = {"in", "since", "from", "until", "till", "by", "during", "circa", "c.", "ca.", "year", "before",
               "after", "early", "late", "mid", "spring", "summer", "autumn", "fall", "winter", "born", "died",
@@ -484,6 +498,10 @@ def _mixed_fraction(m: re.Match) -> str:
     return f"{cardinal(whole)} and {frac}"
 
 
+def _feet_inches(m: re.Match) -> str:
+    return f"{cardinal(int(m.group(1)))} foot {cardinal(int(m.group(2)))}"
+
+
 _SPECIAL_SLASHES = {"24/7": "twenty-four seven", "9/11": "nine eleven", "50/50": "fifty fifty",
                     "20/20": "twenty twenty", "4/20": "four twenty"}
 
@@ -492,6 +510,8 @@ def _slash_number(m: re.Match) -> str:
     if m.group(0) in _SPECIAL_SLASHES:
         return _SPECIAL_SLASHES[m.group(0)]
     num, den = int(m.group(1)), int(m.group(2))
+    if _previous_word(m) in _DATE_CUES and 1 <= num <= 12 and 1 <= den <= 31:
+        return f"{_MONTHS[num - 1]} {ordinal(den)}"  # "on 7/4": a date, month/day
     if den == 0:
         return f"{number(m.group(1))} slash {number(m.group(2))}"
     return _fraction(num, den)
@@ -541,9 +561,13 @@ def _capitalised_name_before(m: re.Match) -> bool:
         return False
     word = found.group(2)
     sentence_initial = found.group(1) == "" and found.start(2) == 0 or found.group(1).strip() != ""
-    if word[0].isdigit() or re.fullmatch(r"\w+(st|nd|rd|th|first|second|third)", word):
-        return True
+    if word[0].isdigit() or word.rpartition("-")[2] in _ORDINAL_WORDS:
+        return True  # "42nd St.", "Fifth Ave."
     return word[0].isupper() and not sentence_initial
+
+
+_ORDINAL_WORDS = {ordinal(n) for n in range(1, 20)} | {ordinal(n * 10) for n in range(2, 10)} | {"hundredth"}
+_ORDINAL_WORDS |= {w.capitalize() for w in _ORDINAL_WORDS}
 
 
 def _street_or_title(m: re.Match) -> str:
@@ -617,12 +641,21 @@ def _dotted_initialism(m: re.Match) -> str:
     return _keep_period(m, letters)
 
 
+def _shouting(text: str) -> bool:
+    """Most words of the text are upper case: it is emphasis, not a list of initialisms."""
+    words = re.findall(r"[A-Za-z]{2,}", text)
+    return len(words) >= 3 and sum(w.isupper() for w in words) > len(words) / 2
+
+
 def _upper_word(m: re.Match) -> str:
     word, plural = m.group(1), m.group(2) or ""
     if word in _WORDS_WITHOUT_VOWELS:
         return word.lower() + plural
+    spelled = _letters(word) + ("'s" if plural else "")
     if word in _INITIALISMS or not _has_vowel(word.replace("Y", "")):
-        return _letters(word) + ("'s" if plural else "")
+        return spelled
+    if len(word) <= 3 and word not in _CAPS_WORDS and not _shouting(m.string):
+        return spelled  # "NSA", "NBA": short upper-case words are mostly initialisms
     return word.lower() + plural
 
 
@@ -682,7 +715,9 @@ _PASSES: list[_Pass] = [
     (_c(r"(?<![\w:.])(?P<h>\d{1,2})(?::(?P<mm>\d{2}))?\s?(?P<ap>[AaPp])\.?[Mm](?![A-Za-z])\.?"), _clock_ampm),
     (_c(r"(?<![\w:.])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\w:]|\.\d)"), _clock),
     (_c(r"(?<![\w:.])(\d+):(\d+)(?![\w:]|\.\d)"), lambda m: f"{number(m.group(1))} to {number(m.group(2))}"),
-    # money
+    # money (ISO codes first become their signs)
+    (_c(rf"\b(USD|EUR|GBP|JPY)\s?(?={_NUM})"), lambda m: _CODE_SIGNS[m.group(1)]),
+    (_c(rf"(?<![\w.,])({_NUM})\s?(USD|EUR|GBP|JPY)\b"), lambda m: _CODE_SIGNS[m.group(2)] + m.group(1)),
     (_c(rf"(?<![\w.])(?P<neg>-)?(?P<sym>{_CURRENCY_SYMS})\s?(?P<amt>{_NUM})(?:\s+(?P<scale_word>{_SCALE_WORDS})\b"
         rf"|(?P<scale_abbr>{_SCALE_ABBR})(?![A-Za-z]))?"), _money),
     (_c(rf"{_NUM_START}(?P<neg>-)?(?P<amt>{_NUM})(?:\s+(?P<scale_word>{_SCALE_WORDS}))?\s?(?P<sym2>[€£¢])"
@@ -699,6 +734,11 @@ _PASSES: list[_Pass] = [
     # numbers with units, percentages
     (_c(rf"(?<![\w.,])(?P<neg>-)?(?P<amt>{_NUM})\s?%"), _percent),
     (_c(rf"(?<![\w.,])(?P<neg>-)?(?P<amt>{_NUM})\s?(?P<unit>{_UNIT_RE})(?![A-Za-z\d/])(?:\.(?=\s+[a-z]))?"), _unit),
+    # 6'2" (feet and inches), 2x, 4x4
+    (_c(r"(?<![\w.])(\d)'\s?(\d{1,2})(?:\"|'')"), _feet_inches),
+    (_c(rf"(?<![\w.,])({_NUM})\s?[x×]\s?({_NUM})(?![\w.])"), lambda m: f"{number(m.group(1))} by {number(m.group(2))}"),
+    (_c(rf"(?<![\w.,])({_NUM})x(?![\w])"), lambda m: f"{number(m.group(1))} times"),
+    (_c(r"(?<![\w.,])911(?![\w]|[.,]\d)"), lambda m: "nine one one"),
     # fractions and slashed numbers
     (_c(r"(?<![\w/.])(\d+)\s+(\d+)/(\d+)(?![\w/])"), _mixed_fraction),
     (_c(r"(?<![\w/.])(\d+)/(\d+)(?![\w/])"), _slash_number),
@@ -725,7 +765,7 @@ _PASSES: list[_Pass] = [
     (_c(r"\s*&\s*"), lambda m: " and "),
     (_c(r"#(?=\d)"), lambda m: " number "),
     (_c(r"(?<![\w#])#(?=[A-Za-z])"), lambda m: "hashtag "),
-    (_c(r"(?<![\w@])@(?=\w)"), lambda m: "at "),
+    (_c(r"(?<![\w@])@(?=\w)|(?<=\s)@(?=\s)"), lambda m: "at "),  # "@jack", "chips @ noon"
     (_c(r"\+\+"), lambda m: " plus plus"),
     (_c(r"(?<![\w+])\+(?=\s?\d)"), lambda m: "plus "),
     (_c(r"(?<=[\w\s])\+(?=[\s\w])|(?<=[A-Za-z])\+"), lambda m: " plus "),
@@ -764,3 +804,14 @@ def normalize(text: str) -> str:
     text = _SPACE_BEFORE_PUNCT_RE.sub(r"\1", text)
     text = _SPACE_AFTER_PAREN_RE.sub("(", text)
     return text
+
+
+def plain(text: str) -> str:
+    """The text with only the trivial normalisation: ASCII, lower case, whitespace collapsed."""
+    return _SPACE_RE.sub(" ", unidecode(text).lower()).strip()
+
+
+def verbalises(text: str) -> bool:
+    """Whether the normaliser rewrites anything in ``text`` beyond case, whitespace and accents
+    (a number, symbol, abbreviation ... read out); ``preprocess.py`` reports the share of such sentences."""
+    return normalize(text) != plain(text)

@@ -2,10 +2,12 @@
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 
-from utils.char_tokenizer import CharTokenizer, normalize_text
+from utils.char_tokenizer import CharTokenizer, NormalizerVersionWarning, normalize_text
+from utils.text_normalizer import NORMALIZER_VERSION
 
 SENTENCE = "Hello, World! Dr. Who's 2nd visit cost $12.50."
 
@@ -62,3 +64,35 @@ def test_speakability_and_decoding():
     assert not tok.is_speakable(tok.encode("?! ..."))
     assert tok.decode(tok.encode("Hello, world.")) == "hello, world."
     assert tok.pad_id == 0 and tok.symbols[tok.pad_id] == "<pad>"
+
+
+def test_normaliser_version_is_saved_and_a_matching_one_loads_silently():
+    d = CharTokenizer().to_dict()
+    assert d["normalizer_version"] == NORMALIZER_VERSION
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = CharTokenizer.from_dict(d)
+    assert again.encode(SENTENCE) == CharTokenizer().encode(SENTENCE)
+
+
+@pytest.mark.parametrize("saved", [None, "en-0.1"])
+def test_another_or_missing_normaliser_version_loads_with_a_clear_warning(saved):
+    d = {"symbols": CharTokenizer().symbols, "normalize": True}  # a checkpoint from before versioning
+    if saved:
+        d["normalizer_version"] = saved
+    with pytest.warns(NormalizerVersionWarning, match=NORMALIZER_VERSION):
+        tok = CharTokenizer.from_dict(d)
+    assert tok.encode(SENTENCE) == CharTokenizer().encode(SENTENCE)  # same symbols, same ids
+
+
+def test_a_tokenizer_that_does_not_normalise_never_warns_about_versions():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tok = CharTokenizer.from_dict({"symbols": CharTokenizer().symbols, "normalize": False})
+    assert tok.normalize_text("A1") == "A1"
+
+
+def test_symbol_ids_are_unchanged():
+    # Checkpoints store ids: the vocabulary may only grow at the end.
+    assert CharTokenizer().symbols[:3] == ["<pad>", "<unk>", " "]
+    assert "".join(CharTokenizer().symbols[3:]) == "abcdefghijklmnopqrstuvwxyz.,!?'\"-:;()"

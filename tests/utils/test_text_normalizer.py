@@ -124,6 +124,14 @@ def test_idempotent_on_its_own_output():
             assert normalize(expected) == expected, expected
 
 
+def test_verbalises_tells_reading_out_from_case_and_spacing():
+    from utils.text_normalizer import plain, verbalises
+
+    assert plain("  Café  NAÏVE ") == "cafe naive"
+    assert not verbalises("Hello,   World!")
+    assert verbalises("Fish & chips @ noon") and verbalises("It is 5 km.")
+
+
 def test_version_is_a_non_empty_string():
     assert isinstance(NORMALIZER_VERSION, str) and NORMALIZER_VERSION
 
