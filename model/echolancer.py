@@ -107,24 +107,36 @@ class TransformerStack(nn.Module):
     """A stack of encoder layers over embedded tokens, with a final LayerNorm.
 
     Used for the text encoder and the reference-utterance encoder.
+
+    Position: without ALiBi, sinusoidal absolute positions are added to the input. With ALiBi,
+    ``position`` says what else gives the stack direction and place (a symmetric |i−j| bias alone
+    cannot tell a sequence from its mirror image):
+        directional           per-head left/right ALiBi (relative, extrapolates in length)
+        absolute              symmetric ALiBi plus sinusoidal absolute positions
+        directional_absolute  both
     """
 
     def __init__(self, dim: int, heads: int, kv_heads: int, layers: int, expansion: int,
-                 activation: str, dropout: float, use_alibi: bool, alibi_alpha: float) -> None:
+                 activation: str, dropout: float, use_alibi: bool, alibi_alpha: float,
+                 position: str = "directional") -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             EncoderLayer(dim, heads, kv_heads, expansion, activation, dropout) for _ in range(layers)
         )
         self.norm = nn.LayerNorm(dim)
         self.use_alibi = use_alibi
+        self.position = position
         self.register_buffer("slopes", alibi_slopes(heads, alibi_alpha), persistent=False)
 
     def forward(self, x: Tensor, pad: Tensor) -> Tensor:
         """x: (B, S, D) embedded tokens, pad: (B, S) -> (B, S, D), zero at padded positions."""
         B, S, D = x.shape
-        if not self.use_alibi:
+        if not self.use_alibi or "absolute" in self.position:
             x = x + sinusoidal_positions(torch.arange(S, device=x.device), D).to(x.dtype)
-        mask, _ = self_attention_mask(pad, S, False, self.slopes if self.use_alibi else None, compute_dtype(x))
+        mask, _ = self_attention_mask(
+            pad, S, False, self.slopes if self.use_alibi else None, compute_dtype(x),
+            directional=self.position.startswith("directional"),
+        )
         for layer in self.layers:
             x = layer(x, mask, pad)
         return self.norm(x).masked_fill(pad[..., None], 0.0)
@@ -134,10 +146,12 @@ class ReferenceEncoder(nn.Module):
     """``vq_token_mode``: a reference utterance's codec tokens (B, R) -> speaker vector (B, out)."""
 
     def __init__(self, vocab: int, dim: int, heads: int, layers: int, expansion: int,
-                 activation: str, dropout: float, out_size: int, use_alibi: bool, alibi_alpha: float) -> None:
+                 activation: str, dropout: float, out_size: int, use_alibi: bool, alibi_alpha: float,
+                 position: str) -> None:
         super().__init__()
         self.embed = NormalizedEmbedding(vocab, dim)
-        self.stack = TransformerStack(dim, heads, heads, layers, expansion, activation, dropout, use_alibi, alibi_alpha)
+        self.stack = TransformerStack(dim, heads, heads, layers, expansion, activation, dropout, use_alibi,
+                                      alibi_alpha, position)
         self.out = nn.Linear(dim, out_size)
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
@@ -178,7 +192,7 @@ class Echolancer(nn.Module):
             r = cfg.ref_encoder
             self.ref_encoder = ReferenceEncoder(
                 cfg.vq_vocab_size, r.hidden, r.head, r.layer, r.forward_expansion, cfg.activation,
-                r.dropout, cfg.speaker_channels, cfg.use_alibi, cfg.alibi_alpha,
+                r.dropout, cfg.speaker_channels, cfg.use_alibi, cfg.alibi_alpha, cfg.encoder_position,
             )
         has_speaker = cfg.multi_speaker or cfg.vq_token_mode
         cond_dim = cfg.emotion_channels + (cfg.speaker_channels if has_speaker else 0)
@@ -189,7 +203,7 @@ class Echolancer(nn.Module):
         self.text_embed = NormalizedEmbedding(cfg.vocab_size, enc.hidden)
         self.encoder = TransformerStack(
             enc.hidden, enc.head, cfg.encoder_kv_heads, enc.layer, enc.forward_expansion,
-            cfg.activation, enc.dropout, cfg.use_alibi, cfg.alibi_alpha,
+            cfg.activation, enc.dropout, cfg.use_alibi, cfg.alibi_alpha, cfg.encoder_position,
         )
 
         # Autoregressive decoder.
@@ -306,11 +320,22 @@ class Echolancer(nn.Module):
         targets = targets.scatter(1, mel_lens[:, None].long(), self.eos_id)
         return inputs, targets, tgt_pad
 
-    def decode(self, inputs: Tensor, enc: EncoderState, tgt_pad: Optional[Tensor] = None) -> Tensor:
+    def decode(
+        self,
+        inputs: Tensor,
+        enc: EncoderState,
+        tgt_pad: Optional[Tensor] = None,
+        cross_bias: Optional[Tensor] = None,
+        cross_weights: Optional[list[Tensor]] = None,
+    ) -> Tensor:
         """Decoder over a whole (framed) sequence, no cache.
 
         Args:
             inputs: (B, T) decoder input ids starting with BOS.  tgt_pad: (B, T) or None.
+            cross_bias: (B, T, S) float added to every cross-attention score (an alignment
+                prior, see ``model/alignment.py``), or None.
+            cross_weights: if a list, each layer's cross-attention probabilities (B, H, T, S) are
+                appended to it (computed explicitly: for pictures, not for training).
         Returns:
             (B, T, Dd) final hidden states.
         """
@@ -321,9 +346,11 @@ class Echolancer(nn.Module):
         self_mask, is_causal = self_attention_mask(
             tgt_pad, T, True, self.dec_slopes if self.use_alibi else None, compute_dtype(x)
         )
-        cross_mask = (~enc.src_pad)[:, None, None, :]
+        cross_mask = (~enc.src_pad)[:, None, None, :]  # (B, 1, 1, S) bool
+        if cross_bias is not None:
+            cross_mask = cross_bias[:, None].to(compute_dtype(x)).masked_fill(~cross_mask, float("-inf"))
         for layer in self.dec_layers:
-            x = layer(x, self_mask, is_causal, cross_mask, tgt_pad, memory=enc.memory)
+            x = layer(x, self_mask, is_causal, cross_mask, tgt_pad, memory=enc.memory, cross_weights=cross_weights)
         return self.dec_norm(x)
 
     def project(self, h: Tensor) -> tuple[Tensor, Optional[Tensor]]:
@@ -341,6 +368,7 @@ class Echolancer(nn.Module):
         em_hidden: Optional[Tensor] = None,
         vq_tokens: Optional[Tensor] = None,
         vq_token_lens: Optional[Tensor] = None,
+        cross_bias: Optional[Tensor] = None,
     ) -> EcholancerOutput:
         """Teacher forcing.
 
@@ -349,10 +377,12 @@ class Echolancer(nn.Module):
             mels: (B, T) raw codec tokens in [0, codebook_size), padded (with ``pad_id``).
             mel_lens: (B,) audio lengths.  em_hidden: (B, emotion_input_size) or None.
             vq_tokens, vq_token_lens: reference utterance for ``vq_token_mode``.
+            cross_bias: (B, T + 1, S) alignment prior added to cross-attention scores, or None
+                (:func:`model.alignment.alignment_prior`).
         """
         enc = self.encode(speakers, texts, src_lens, em_hidden, vq_tokens, vq_token_lens)
         inputs, targets, tgt_pad = self.frame(mels, mel_lens)
-        h = self.decode(inputs, enc, tgt_pad)
+        h = self.decode(inputs, enc, tgt_pad, cross_bias)
         logits, stop = self.project(h)
         return EcholancerOutput(logits, stop, targets, tgt_pad, enc.src_pad, targets == self.eos_id)
 

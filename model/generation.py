@@ -42,7 +42,8 @@ class GenerationResult:
     lengths: (B,) long, codec tokens per row (EOS not counted).
     gate: (B, T) float32 stop probability at each step while the row was running, the step that
         stopped it included (column ``lengths[b]`` when that is < T); 0 afterwards.
-    hit_max_length: (B,) bool, True where the row ran ``max_length`` steps without stopping.
+    hit_max_length: (B,) bool, True where the row reached its length bound without stopping: the
+        global ``max_length``, or its own bound from ``max_tokens_per_text_token``.
     steps: decoder steps actually run (≥ T; the loop checks for "all rows done" every few steps).
     """
 
@@ -219,6 +220,8 @@ def generate(
     compile: bool = False,
     min_length: int = 0,
     sync_every: int = 16,
+    min_tokens_per_text_token: Optional[float] = None,
+    max_tokens_per_text_token: Optional[float] = None,
 ) -> GenerationResult:
     """Generate codec tokens for a batch of texts.
 
@@ -241,12 +244,31 @@ def generate(
             ``min_length=max_length`` to time full-length generation).
         sync_every: steps between checks whether every row is done (each check waits for the
             device; results do not depend on it).
+        min_tokens_per_text_token, max_tokens_per_text_token: per-row length bounds relative to
+            the text: a row cannot stop before floor(min·S_b) tokens and is cut (and reported in
+            ``hit_max_length``) at ceil(max·S_b), never beyond ``max_length``. None = no bound.
+            ``model.pretrained`` fills them from the training data's statistics.
     Returns:
         a :class:`GenerationResult`.
     """
     device = texts.device
     _check_args(model, max_length, min_length, temperature, top_k, top_p, repetition_penalty,
                 gate_threshold, generator, device)
+    lo, hi = min_tokens_per_text_token, max_tokens_per_text_token
+    if lo is not None and lo < 0:
+        raise ValueError(f"generate: min_tokens_per_text_token={lo!r} is not allowed; it must be >= 0 or None")
+    if hi is not None and (hi <= 0 or (lo is not None and hi <= lo)):
+        raise ValueError(
+            f"generate: max_tokens_per_text_token={hi!r} is not allowed; it must be > 0, > the minimum ({lo}), or None"
+        )
+    # Per-row bounds, as device tensors so the loop keeps static shapes and never syncs on them.
+    row_min = torch.full_like(src_lens, min_length, dtype=torch.long)
+    row_max = torch.full_like(src_lens, max_length, dtype=torch.long)
+    if lo is not None:
+        row_min = torch.maximum(row_min, torch.floor(lo * src_lens.float()).long()).clamp(max=max_length)
+    if hi is not None:
+        row_max = torch.minimum(row_max, torch.ceil(hi * src_lens.float()).long().clamp(min=1))
+        row_min = torch.minimum(row_min, row_max)
     was_training = model.training
     model.eval()  # dropout off: generation must be deterministic given the generator
     try:
@@ -255,7 +277,7 @@ def generate(
             res = _generate(
                 model, speakers, texts, src_lens, em_hidden, max_length, temperature, top_k, top_p,
                 repetition_penalty, gate_threshold, use_cache, generator, vq_tokens, vq_token_lens,
-                compile, min_length, max(1, sync_every),
+                compile, row_min, row_max, max(1, sync_every),
             )
     finally:
         model.train(was_training)
@@ -268,7 +290,7 @@ def _generate(
     model: Echolancer, speakers: Optional[Tensor], texts: Tensor, src_lens: Tensor, em_hidden: Optional[Tensor],
     max_length: int, temperature: float, top_k: int, top_p: float, repetition_penalty: float,
     gate_threshold: float, use_cache: bool, generator: Optional[torch.Generator], vq_tokens: Optional[Tensor],
-    vq_token_lens: Optional[Tensor], compile: bool, min_length: int, sync_every: int,
+    vq_token_lens: Optional[Tensor], compile: bool, row_min: Tensor, row_max: Tensor, sync_every: int,
 ) -> GenerationResult:
     device = texts.device
     B = texts.shape[0]
@@ -288,12 +310,14 @@ def _generate(
     out_gate = torch.zeros(B, max_length, dtype=torch.float32, device=device)
     lengths = torch.full((B,), max_length, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
+    cut = torch.zeros(B, dtype=torch.bool, device=device)  # rows stopped by their length bound
+    row_min, row_max = row_min.to(device), row_max.to(device)
     seen = torch.zeros(B, model.n_vocab, dtype=torch.bool, device=device) if repetition_penalty != 1.0 else None
-    # Ids never chosen: PAD and BOS always, EOS too before min_length.
+    # Ids never chosen: PAD and BOS always, EOS too for rows still below their minimum length.
     never = torch.zeros(model.n_vocab, dtype=torch.bool, device=device)
     never[[bos, pad]] = True
-    never_early = never.clone()
-    never_early[eos] = True
+    is_eos = torch.zeros(model.n_vocab, dtype=torch.bool, device=device)
+    is_eos[eos] = True
     prev = torch.full((B, 1), bos, dtype=torch.long, device=device)
 
     steps = 0
@@ -305,7 +329,7 @@ def _generate(
             logits, stop_logits = model.project(model.decode(inputs[:, : t + 1], enc)[:, -1])
         steps = t + 1
         logits = logits.float()
-        early = t < min_length
+        early = t < row_min  # (B,)
 
         allowed = logits.masked_fill(never, float("-inf"))
         # The stop probability reported for this step (the model's own, before any sampling knobs).
@@ -314,20 +338,25 @@ def _generate(
         else:
             gate = allowed.softmax(dim=-1)[:, eos]
 
-        scores = allowed.masked_fill(never_early, float("-inf")) if early else allowed
+        scores = allowed.masked_fill(early[:, None] & is_eos, float("-inf"))
         if seen is not None:
             scores = apply_repetition_penalty(scores, seen, repetition_penalty)
         chosen = choose_tokens(scores, temperature, top_k, top_p, generator)
 
         stop_now = chosen == eos
-        if stop_logits is not None and not early:
-            stop_now = stop_now | (gate > gate_threshold)
+        if stop_logits is not None:
+            stop_now = stop_now | ((gate > gate_threshold) & ~early)
         running = ~finished
         lengths = torch.where(running & stop_now, t, lengths)
         out_gate[:, t] = torch.where(running, gate, 0.0)
         finished = finished | stop_now
         token = torch.where(finished, pad, chosen)
         out_tokens[:, t] = token
+        # A running row that now holds its maximum number of tokens is cut (and reported).
+        at_bound = ~finished & (t + 1 >= row_max)
+        lengths = torch.where(at_bound, t + 1, lengths)
+        cut = cut | at_bound
+        finished = finished | at_bound
         prev = token[:, None]
         if seen is not None:
             seen[torch.arange(B, device=device), token] |= ~finished  # stopped rows record nothing
@@ -336,7 +365,6 @@ def _generate(
             break
 
     # Keep the columns up to the last step any row ran (its stopping step included).
-    hit_max = ~finished
-    last = torch.where(finished, lengths + 1, lengths).max().clamp(max=steps)
+    last = torch.where(cut, lengths, lengths + 1).max().clamp(max=steps)
     T = int(last)
-    return GenerationResult(out_tokens[:, :T], lengths, out_gate[:, :T], hit_max, steps)
+    return GenerationResult(out_tokens[:, :T], lengths, out_gate[:, :T], cut, steps)

@@ -76,6 +76,28 @@ def alibi_bias(slopes: Tensor, q_pos: Tensor, k_pos: Tensor, causal: bool) -> Te
     return -slopes[:, None, None] * dist[None]
 
 
+def directional_alibi_bias(slopes: Tensor, length: int) -> Tensor:
+    """Bidirectional ALiBi with a direction per head: even heads look left, odd heads look right.
+
+    A symmetric −slope·|i−j| bias is the same for a sentence and its mirror image, so an encoder
+    whose only position signal it is cannot tell "dog bites man" from "nam setib god" reversed.
+    Giving each head one side (keys j ≤ i or j ≥ i, each at its ALiBi slope) breaks the mirror
+    symmetry and tells every token which neighbours come before it, while the bias stays relative,
+    so it extrapolates to unseen lengths like ALiBi does. Every query keeps itself as a key.
+
+    Args:
+        slopes: (H,) positive slopes (H ≥ 2: both directions need a head).
+        length: sequence length S.
+    Returns:
+        (H, S, S) float bias, −inf on the side a head does not look at.
+    """
+    pos = torch.arange(length, device=slopes.device)
+    dist = (pos[:, None] - pos[None, :]).to(slopes.dtype)  # (S, S): i - j, > 0 for keys on the left
+    left = torch.arange(slopes.shape[0], device=slopes.device) % 2 == 0  # (H,)
+    signed = torch.where(left[:, None, None], dist[None], -dist[None])  # (H, S, S): ≥ 0 on the seen side
+    return torch.where(signed >= 0, -slopes[:, None, None] * signed, float("-inf"))
+
+
 def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
     """(B,) lengths -> (B, max_len) bool, True at padded positions."""
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
@@ -87,6 +109,7 @@ def self_attention_mask(
     causal: bool,
     slopes: Optional[Tensor],
     dtype: torch.dtype,
+    directional: bool = False,
 ) -> tuple[Optional[Tensor], bool]:
     """The SDPA mask for self-attention over a whole sequence.
 
@@ -99,6 +122,7 @@ def self_attention_mask(
         pad: (B, T) padding mask or None.  slopes: (H,) ALiBi slopes or None.
         dtype: the dtype attention runs in (the autocast dtype under autocast): a float bias must
             match it, and −inf is used rather than −1e9, which overflows fp16.
+        directional: bidirectional only: per-head directions (:func:`directional_alibi_bias`).
     Returns:
         (attn_mask, is_causal) for ``F.scaled_dot_product_attention``.
     """
@@ -109,12 +133,18 @@ def self_attention_mask(
             return None, False
         return (~pad)[:, None, None, :], False  # (B, 1, 1, T) bool
     pos = torch.arange(length, device=slopes.device)
-    bias = alibi_bias(slopes, pos, pos, causal).to(dtype)[None]  # (1, H, T, T)
+    if directional and not causal:
+        bias = directional_alibi_bias(slopes, length).to(dtype)[None]  # (1, H, T, T)
+    else:
+        bias = alibi_bias(slopes, pos, pos, causal).to(dtype)[None]  # (1, H, T, T)
     if causal:
         future = pos[None, :] > pos[:, None]  # (T, T)
         bias = bias.masked_fill(future, float("-inf"))
     if pad is not None and not causal:
-        bias = bias.masked_fill(pad[:, None, None, :], float("-inf"))  # (B, H, T, T)
+        # A padded query keeps itself as a key: a right-looking head has nothing else to see, and
+        # an all −inf row would give NaN that reaches valid positions through the values.
+        hidden = pad[:, None, None, :] & ~torch.eye(length, dtype=torch.bool, device=pad.device)
+        bias = bias.masked_fill(hidden, float("-inf"))  # (B, H, T, T)
     return bias, False
 
 
@@ -223,6 +253,35 @@ class MultiHeadAttention(nn.Module):
         k, v = self.kv_proj(memory).chunk(2, dim=-1)
         return self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)
 
+    def attention_weights(
+        self,
+        x: Tensor,
+        attn_mask: Optional[Tensor],
+        memory: Optional[Tensor] = None,
+        memory_kv: Optional[tuple[Tensor, Tensor]] = None,
+    ) -> Tensor:
+        """Cross-attention probabilities, computed explicitly (SDPA does not return them).
+
+        For alignment pictures and diagnostics only: it materialises (B, H, T, S).
+
+        Args:
+            x: (B, T, D) queries.  attn_mask: as in :meth:`forward`.
+        Returns:
+            (B, H, T, S) float32 probabilities (rows sum to 1 over valid keys).
+        """
+        if not self.cross:
+            raise ValueError("attention_weights is for cross-attention")
+        q = self._heads(self.q_proj(x), self.n_heads).float()
+        k, _ = memory_kv if memory_kv is not None else self.project_kv(memory)
+        k = k.float().repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, T, S)
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            else:
+                scores = scores + attn_mask.float()
+        return scores.softmax(dim=-1)
+
     def forward(
         self,
         x: Tensor,
@@ -307,7 +366,14 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor, pad: Optional[Tensor] = None) -> Tensor:
         """x: (B, T, D); pad: (B, T) padding mask or None -> (B, T, D), zero where padded."""
-        y = self.w_out(self.drop(self._act(self.w_in(x))))
+        h = self.w_in(x)
+        if self.activation == "relu2" and h.dtype == torch.float16:
+            # fp16 overflows once h > 256 (h² > 65504): square and project in fp32.
+            with torch.autocast(x.device.type, enabled=False):
+                a = self.drop(F.relu(h.float()).square())
+                y = F.linear(a, self.w_out.weight.float(), self.w_out.bias.float()).to(h.dtype)
+        else:
+            y = self.w_out(self.drop(self._act(h)))
         if pad is not None:
             y = y.masked_fill(pad[..., None], 0.0)
         return y
@@ -361,13 +427,19 @@ class DecoderLayer(nn.Module):
         memory_kv: Optional[tuple[Tensor, Tensor]] = None,
         cache: Optional[KVCache] = None,
         input_pos: Optional[Tensor] = None,
+        cross_weights: Optional[list[Tensor]] = None,
     ) -> Tensor:
         """
         Args:
-            x: (B, T, D) audio-token states.  cross_mask: (B, 1, 1, S) bool, True = valid text.
+            x: (B, T, D) audio-token states.  cross_mask: (B, 1, 1, S) bool, True = valid text,
+                or a float bias broadcastable to (B, H, T, S) (−inf at padded text).
             memory / memory_kv: text memory (B, S, Dm) or its precomputed cross K/V.
             cache, input_pos: self-attention KV cache and the positions of ``x`` (one-step decode).
+            cross_weights: if a list, the cross-attention probabilities (B, H, T, S) are appended.
         """
         x = x + self.drop(self.self_attn(self.norm1(x), self_mask, is_causal, cache=cache, input_pos=input_pos))
-        x = x + self.drop(self.cross_attn(self.norm2(x), cross_mask, memory=memory, memory_kv=memory_kv))
+        h = self.norm2(x)
+        if cross_weights is not None:
+            cross_weights.append(self.cross_attn.attention_weights(h, cross_mask, memory=memory, memory_kv=memory_kv))
+        x = x + self.drop(self.cross_attn(h, cross_mask, memory=memory, memory_kv=memory_kv))
         return x + self.drop(self.ffn(self.norm3(x), pad))

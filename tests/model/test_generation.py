@@ -313,3 +313,41 @@ def test_vq_token_mode_conditions_on_the_reference_utterance():
     assert not torch.equal(res.tokens, other.tokens)  # the reference changes the output
     with pytest.raises(ValueError, match="vq_token_mode: pass the reference utterance"):
         generate(model, None, texts, lens, max_length=4)
+
+
+def test_length_bounds_relative_to_the_text_hold_per_row():
+    model = make_model()
+    spk, texts, lens = make_batch(lengths=(12, 7, 3))
+    with torch.no_grad():
+        model.head.bias[model.eos_id] = 1.0e4  # wants to stop at once: the minimum must hold it back
+    res = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0, min_tokens_per_text_token=1.5)
+    assert res.lengths.tolist() == [18, 10, 4]  # floor(1.5 * S) per row
+    assert not res.hit_max_length.any()
+    with torch.no_grad():
+        model.head.bias[model.eos_id] = -1.0e4  # never stops: the maximum must cut each row
+    res = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0, max_tokens_per_text_token=2.5)
+    assert res.lengths.tolist() == [30, 18, 8]  # ceil(2.5 * S) per row
+    assert res.hit_max_length.all()
+    for b, n in enumerate(res.lengths.tolist()):
+        assert (res.tokens[b, :n] < model.codebook_size).all() and (res.tokens[b, n:] == model.pad_id).all()
+    capped = generate(model, spk, texts, lens, max_length=20, temperature=0.0, max_tokens_per_text_token=2.5)
+    assert capped.lengths.tolist() == [20, 18, 8]  # the global max_length still bounds every row
+
+
+def test_length_bounds_give_the_same_tokens_cached_and_uncached():
+    model = make_model()
+    spk, texts, lens = make_batch()
+    kw = dict(max_length=MAX_LEN, temperature=0.0, min_tokens_per_text_token=0.5, max_tokens_per_text_token=2.0)
+    a = generate(model, spk, texts, lens, use_cache=True, **kw)
+    b = generate(model, spk, texts, lens, use_cache=False, **kw)
+    assert_varied(a.tokens)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.lengths, b.lengths)
+
+
+@pytest.mark.parametrize("kwargs", [dict(min_tokens_per_text_token=-1.0), dict(max_tokens_per_text_token=0.0),
+                                    dict(min_tokens_per_text_token=3.0, max_tokens_per_text_token=2.0)])
+def test_bad_length_bounds_are_named(kwargs):
+    model = make_model()
+    spk, texts, lens = make_batch()
+    with pytest.raises(ValueError, match=next(iter(kwargs)) if len(kwargs) == 1 else "max_tokens_per_text_token"):
+        generate(model, spk, texts, lens, max_length=MAX_LEN, **kwargs)

@@ -149,3 +149,49 @@ def test_sinusoidal_positions_distinguish_positions():
     dists = torch.cdist(pe, pe) + torch.eye(50) * 1e3
     assert dists.min() > 0.1  # no two positions share an encoding
     assert torch.allclose(pe[0, 0::2], torch.zeros(16)) and torch.allclose(pe[0, 1::2], torch.ones(16))
+
+
+def test_directional_alibi_gives_each_head_one_side_with_alibi_decay():
+    from model.layers import directional_alibi_bias
+
+    slopes = alibi_slopes(4)
+    bias = directional_alibi_bias(slopes, 5)  # (4, 5, 5)
+    i, j = 3, 1  # key to the left of the query
+    assert bias[0, i, j] == -slopes[0] * 2 and bias[2, i, j] == -slopes[2] * 2  # even heads look left
+    assert bias[1, i, j] == float("-inf") and bias[3, i, j] == float("-inf")
+    assert bias[1, j, i] == -slopes[1] * 2 and bias[0, j, i] == float("-inf")  # odd heads look right
+    assert (bias.diagonal(dim1=1, dim2=2) == 0).all()  # every query keeps itself
+    # not a mirror image of itself: the property a symmetric |i-j| bias has and this must not
+    assert not torch.equal(bias, bias.flip(1).flip(2))
+
+
+def test_directional_mask_with_padding_has_no_empty_rows():
+    from model.layers import padding_mask
+
+    pad = padding_mask(torch.tensor([5, 2]), 5)
+    mask, _ = self_attention_mask(pad, 5, False, alibi_slopes(2), torch.float32, directional=True)
+    assert mask.shape == (2, 2, 5, 5)
+    assert torch.isfinite(mask).any(-1).all()  # padded queries attend at least to themselves
+    q = torch.randn(2, 2, 5, 4)
+    out = torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+    assert torch.isfinite(out).all()
+    # valid queries never see padded keys
+    assert (mask[1, :, :2, 2:] == float("-inf")).all()
+
+
+@torch.no_grad()
+def test_relu2_does_not_overflow_in_half_precision():
+    from model.layers import FeedForward
+
+    torch.manual_seed(0)
+    ff = FeedForward(4, 2, "relu2")
+    x = torch.randn(1, 3, 4) * 400.0  # inner activations well past 256, whose square fp16 cannot hold
+    ref = ff(x)
+    assert ff.w_in(x).abs().max() > 256
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = ff(x)
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+    assert torch.allclose(y.float(), ref, rtol=1e-2, atol=1e-2 * float(ref.abs().max()))
+    half = FeedForward(4, 2, "relu2").half()
+    half.load_state_dict(ff.state_dict())
+    assert torch.isfinite(half(x.half())).all()

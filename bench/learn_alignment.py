@@ -1,0 +1,288 @@
+"""Can the model learn to align text and audio? A synthetic task any CPU can run.
+
+    python bench/learn_alignment.py --minutes 15 --threads 1                 # the default variants
+    python bench/learn_alignment.py --minutes 3 --variants default no_prior --jobs 2
+    python bench/learn_alignment.py --config config/model.yaml --set model.decoder.layer=4
+
+The task. Text: random strings over 26 letters, 5–30 long. Audio: each letter emits a fixed run of
+2–6 distinct codec tokens (one duration table for the whole run), concatenated. A model that
+reads the text in order and keeps its place produces the audio exactly; one that cannot tell where
+a sentence starts, or loses its place, does not. It is the smallest version of what TTS asks of
+Echolancer: a monotonic alignment between two sequences of different rates, found by attention.
+
+Each variant is the model of ``--config`` (with ``--set``), shrunk to the benchmark size (width 128,
+2 + 2 layers, ~1.5 M parameters, unless ``--keep_size``), plus the variant's own overrides; it
+trains for ``--minutes`` of wall time (or ``--max_steps``), then decodes greedily:
+    in-range  100 unseen strings of 5–30 letters
+    long      100 strings of 45–60 letters (1.5–2x the longest training string)
+and reports teacher-forced accuracy, exact sequence match, normalised edit distance, first-token
+accuracy, the share of rows that never stopped (hit the length limit) and the mean length ratio.
+``steps→0.9`` is the first evaluation step at which in-range exact match reached 0.9 (evaluated on
+50 strings every ``--eval_every`` steps).
+
+Speed varies across machines: compare variants from the same run, and prefer ``--max_steps``
+when comparing runs from different machines. Nothing in the model knows about this task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from model.alignment import alignment_prior, prior_weight  # noqa: E402
+from model.echolancer import Echolancer  # noqa: E402
+from model.generation import generate  # noqa: E402
+from model.loss import EcholancerLoss  # noqa: E402
+from utils.config import load_config  # noqa: E402
+
+LETTERS = 26
+SMALL = [  # the benchmark size: ~1.5 M parameters
+    "model.encoder.hidden=128", "model.decoder.hidden=128", "model.encoder.layer=2", "model.decoder.layer=2",
+    "model.encoder.head=4", "model.decoder.head=4", "model.encoder_kv_heads=4", "model.decoder_kv_heads=4",
+    "model.emotion_input_size=8", "model.emotion_hidden_sizes=[8]", "model.emotion_channels=8",
+    "model.multi_speaker=false", "model.vq_token_mode=false",
+]
+# name -> (model overrides, alignment prior on, legacy symmetric encoder)
+VARIANTS: dict[str, tuple[list[str], bool, bool]] = {
+    "default": ([], True, False),
+    "no_prior": ([], False, False),
+    "symmetric_old": (["model.use_alibi=true"], False, True),
+    "sinusoidal": (["model.use_alibi=false"], False, False),
+    "directional": (["model.use_alibi=true", "model.encoder_position=directional"], False, False),
+    "absolute": (["model.use_alibi=true", "model.encoder_position=absolute"], False, False),
+    "directional_absolute": (["model.use_alibi=true", "model.encoder_position=directional_absolute"], False, False),
+    "directional+prior": (["model.use_alibi=true", "model.encoder_position=directional"], True, False),
+    "absolute+prior": (["model.use_alibi=true", "model.encoder_position=absolute"], True, False),
+    "sinusoidal+prior": (["model.use_alibi=false"], True, False),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The task
+# --------------------------------------------------------------------------------------------
+
+
+class Task:
+    """Letters 1..26 (0 is unused); letter i emits tokens offset[i] .. offset[i] + dur[i] - 1."""
+
+    def __init__(self, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.dur = torch.randint(2, 7, (LETTERS + 1,), generator=g)
+        self.dur[0] = 0
+        self.offset = torch.cat([torch.zeros(1, dtype=torch.long), self.dur.cumsum(0)[:-1]])
+        self.codebook_size = int(self.dur.sum())
+
+    def audio(self, text: list[int]) -> list[int]:
+        out: list[int] = []
+        for c in text:
+            out += range(int(self.offset[c]), int(self.offset[c] + self.dur[c]))
+        return out
+
+    def strings(self, n: int, lo: int, hi: int, g: torch.Generator) -> list[list[int]]:
+        lens = torch.randint(lo, hi + 1, (n,), generator=g).tolist()
+        return [torch.randint(1, LETTERS + 1, (L,), generator=g).tolist() for L in lens]
+
+    def batch(self, texts: list[list[int]], pad_id: int) -> dict:
+        audios = [self.audio(t) for t in texts]
+        S, T = max(map(len, texts)), max(map(len, audios))
+        tx = torch.zeros(len(texts), S, dtype=torch.long)
+        au = torch.full((len(texts), T), pad_id, dtype=torch.long)
+        for i, (t, a) in enumerate(zip(texts, audios)):
+            tx[i, : len(t)] = torch.tensor(t)
+            au[i, : len(a)] = torch.tensor(a)
+        return {"texts": tx, "src_lens": torch.tensor([len(t) for t in texts]),
+                "mels": au, "mel_lens": torch.tensor([len(a) for a in audios]), "targets": audios}
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def edit_distance(a: list[int], b: list[int]) -> int:
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+@torch.no_grad()
+def teacher_forced_accuracy(model: Echolancer, b: dict) -> float:
+    model.eval()
+    out = model(None, b["texts"], b["src_lens"], b["mels"], b["mel_lens"])
+    valid = ~out.tgt_pad
+    return float(((out.logits.argmax(-1) == out.targets) & valid).sum() / valid.sum())
+
+
+def decode_metrics(model: Echolancer, b: dict, batch_size: int = 50) -> dict[str, float]:
+    exact = first = never = 0
+    dist = ratio = 0.0
+    n = len(b["targets"])
+    for s in range(0, n, batch_size):
+        idx = slice(s, s + batch_size)
+        targets = b["targets"][idx]
+        max_len = int(max(map(len, targets)) * 2 + 10)
+        res = generate(model, None, b["texts"][idx], b["src_lens"][idx], max_length=max_len, temperature=0.0)
+        for i, tgt in enumerate(targets):
+            got = res.tokens[i, : int(res.lengths[i])].tolist()
+            exact += got == tgt
+            first += bool(got) and got[0] == tgt[0]
+            never += bool(res.hit_max_length[i])
+            dist += edit_distance(got, tgt) / len(tgt)
+            ratio += len(got) / len(tgt)
+    return {"exact": exact / n, "edit": dist / n, "first": first / n, "never": never / n, "len_ratio": ratio / n}
+
+
+# --------------------------------------------------------------------------------------------
+# One variant
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunArgs:
+    name: str
+    config: str
+    overrides: list[str]
+    prior: bool
+    legacy_symmetric: bool
+    minutes: float
+    max_steps: int
+    threads: int
+    seed: int
+    batch_size: int
+    lr: float
+    eval_every: int
+    prior_hold: int
+    prior_anneal: int
+    prior_scale: float
+
+
+def run_variant(a: RunArgs) -> dict:
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    task = Task(a.seed)
+    cfg = load_config(a.config, a.overrides + [f"model.codebook_size={task.codebook_size}",
+                                               f"model.vq_vocab_size={task.codebook_size}"])
+    model = Echolancer.from_config(cfg)
+    if a.legacy_symmetric:  # the mirror-blind encoder of earlier versions, kept only as a baseline
+        model.encoder.position = "symmetric"
+    loss_fn = EcholancerLoss()
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warmup = 200
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+
+    g_train = torch.Generator().manual_seed(a.seed + 1)
+    g_eval = torch.Generator().manual_seed(10_000 + a.seed)  # the same held-out strings for every variant
+    held_in = task.batch(task.strings(100, 5, 30, g_eval), model.pad_id)
+    held_long = task.batch(task.strings(100, 45, 60, g_eval), model.pad_id)
+    probe = {k: (v[:50] if k != "targets" else v[:50]) for k, v in held_in.items()}
+
+    step, t0, steps_to_09, curve = 0, time.time(), None, []
+    eval_time = 0.0
+    while step < a.max_steps and (time.time() - t0 - eval_time) < a.minutes * 60:
+        model.train()
+        b = task.batch(task.strings(a.batch_size, 5, 30, g_train), model.pad_id)
+        S, T = b["texts"].shape[1], b["mels"].shape[1]
+        w = prior_weight(step, a.prior, a.prior_hold, a.prior_anneal)
+        bias = alignment_prior(b["src_lens"], b["mel_lens"], S, T, a.prior_scale, w)
+        out = model(None, b["texts"], b["src_lens"], b["mels"], b["mel_lens"], cross_bias=bias)
+        loss = loss_fn(out).total
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        if step % a.eval_every == 0:
+            e0 = time.time()
+            m = decode_metrics(model, probe)
+            curve.append((step, round(time.time() - t0 - eval_time, 1), m["exact"]))
+            if steps_to_09 is None and m["exact"] >= 0.9:
+                steps_to_09 = step
+            eval_time += time.time() - e0
+    train_s = time.time() - t0 - eval_time
+    res = {"name": a.name, "steps": step, "train_min": train_s / 60, "params": model.num_parameters(),
+           "steps_to_0.9": steps_to_09, "curve": curve, "tf_acc": teacher_forced_accuracy(model, held_in)}
+    res["in"] = decode_metrics(model, held_in)
+    res["long"] = decode_metrics(model, held_long)
+    return res
+
+
+def _run_logged(a: RunArgs) -> dict:
+    r = run_variant(a)
+    print(f"[{a.name}] done: {r['steps']} steps, in-range exact {r['in']['exact']:.2f}, "
+          f"long exact {r['long']['exact']:.2f}", flush=True)
+    return r
+
+
+def print_table(results: list[dict]) -> None:
+    print("\n| variant | steps | tf acc | exact | edit dist | first tok | never stopped | len ratio "
+          "| long: exact / edit / never / len ratio | steps→0.9 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        i, L = r["in"], r["long"]
+        print(f"| {r['name']} | {r['steps']} | {r['tf_acc']:.3f} | {i['exact']:.2f} | {i['edit']:.3f} | "
+              f"{i['first']:.2f} | {i['never']:.2f} | {i['len_ratio']:.2f} | "
+              f"{L['exact']:.2f} / {L['edit']:.3f} / {L['never']:.2f} / {L['len_ratio']:.2f} | "
+              f"{r['steps_to_0.9'] if r['steps_to_0.9'] is not None else '—'} |")
+    print()
+    for r in results:
+        pts = ", ".join(f"{s}:{e:.2f}" for s, _, e in r["curve"])
+        print(f"{r['name']} ({r['params'] / 1e6:.2f} M params, {r['train_min']:.1f} min) exact@step: {pts}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="config/model.yaml", help="model config (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model override, all variants")
+    p.add_argument("--variants", nargs="+", default=["symmetric_old", "sinusoidal", "default", "no_prior"],
+                   help=f"any of: {', '.join(VARIANTS)}")
+    p.add_argument("--minutes", type=float, default=15.0, help="training wall time per variant")
+    p.add_argument("--max_steps", type=int, default=10**9, help="optimizer steps per variant (whichever first)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per variant")
+    p.add_argument("--jobs", type=int, default=1, help="variants trained at the same time (processes)")
+    p.add_argument("--keep_size", action="store_true", help="keep the config's size instead of the small one")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1.0e-3)
+    p.add_argument("--eval_every", type=int, default=250)
+    p.add_argument("--prior_hold", type=int, default=300, help="steps at full prior strength")
+    p.add_argument("--prior_anneal", type=int, default=300, help="steps of linear fade after that")
+    p.add_argument("--prior_scale", type=float, default=1.0)
+    args = p.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant {unknown[0]!r}; allowed: {', '.join(VARIANTS)}")
+
+    base = ([] if args.keep_size else SMALL) + args.set
+    runs = []
+    for name in args.variants:
+        overrides, prior, legacy = VARIANTS[name]
+        runs.append(RunArgs(name, args.config, base + overrides, prior, legacy, args.minutes, args.max_steps,
+                            args.threads, args.seed, args.batch_size, args.lr, args.eval_every,
+                            args.prior_hold, args.prior_anneal, args.prior_scale))
+    print(f"learn_alignment: {len(runs)} variant(s), {args.minutes} min each, {args.threads} thread(s), "
+          f"{args.jobs} at a time; base overrides: {' '.join(base) or '(none)'}", flush=True)
+    if args.jobs > 1:
+        with mp.get_context("spawn").Pool(args.jobs) as pool:
+            results = pool.map(_run_logged, runs, chunksize=1)
+    else:
+        results = [_run_logged(r) for r in runs]
+    print_table(results)
+    return 0 if all(math.isfinite(r["tf_acc"]) for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

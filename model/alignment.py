@@ -1,0 +1,147 @@
+"""Text-audio alignment: the beta-binomial prior that helps it form, and how to look at it.
+
+An autoregressive TTS decoder has to discover on its own that audio step t attends to the text
+near position t·S/T; on real speech that takes thousands of steps, and a decoder that never finds
+it skips or repeats words. The static prior of RAD-TTS (Shih et al. 2021, also used by NeMo's
+Magpie-TTS) shortcuts this: for an utterance of S text tokens and T audio steps, step t's prior over
+text positions k is a beta-binomial
+
+    P(k | t) = BetaBinomial(k; n = S − 1, α = ω·t, β = ω·(T − t + 1)),   t = 1..T,
+
+whose mean moves linearly from the first to the last text token. Its log, times a weight that is
+annealed from 1 to 0 during training (:func:`prior_weight`), is added to every cross-attention
+score. Inference never uses it (the audio length is unknown there).
+
+The pictures: :func:`cross_attention_maps` recomputes the decoder's cross-attention probabilities
+explicitly for a few utterances, :func:`diagonality` scores how much of their mass lies near the
+diagonal, and :func:`alignment_image` turns one map into an 8-bit image for W&B.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from model.echolancer import Echolancer
+
+# Far-off text positions get a log prior of about −500 at ω = 1; clamping keeps the bias finite
+# in fp16 and bounds how hard the prior can push while it is annealed.
+MIN_LOG_PRIOR = -30.0
+
+
+def _log_beta(a: Tensor, b: Tensor) -> Tensor:
+    return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
+
+
+def beta_binomial_log_prior(src_lens: Tensor, tgt_lens: Tensor, S: int, T: int, scale: float = 1.0) -> Tensor:
+    """The log beta-binomial alignment prior of a batch.
+
+    Args:
+        src_lens: (B,) text lengths.  tgt_lens: (B,) decoder steps per row (audio tokens + EOS).
+        S, T: padded text and decoder lengths.  scale: ω, the concentration per audio step.
+    Returns:
+        (B, T, S) float32 log prior, clamped at ``MIN_LOG_PRIOR``; 0 on padded steps and text
+        (those are masked elsewhere).
+    """
+    device = src_lens.device
+    n = (src_lens.float() - 1).clamp(min=0)[:, None, None]  # (B, 1, 1)
+    t = torch.arange(1, T + 1, device=device, dtype=torch.float32)[None, :, None]  # (1, T, 1)
+    k = torch.arange(S, device=device, dtype=torch.float32)[None, None, :]  # (1, 1, S)
+    L = tgt_lens.float()[:, None, None]
+    a = scale * t
+    b = (scale * (L - t + 1)).clamp(min=scale)  # positions past the row's end: any positive value
+    kk = torch.minimum(k, n)  # keep lgamma's arguments positive on padded text
+    log_p = (
+        torch.lgamma(n + 1) - torch.lgamma(kk + 1) - torch.lgamma(n - kk + 1)
+        + _log_beta(kk + a, n - kk + b) - _log_beta(a, b)
+    )
+    valid = (k <= n) & (t <= L)
+    return torch.where(valid, log_p.clamp(min=MIN_LOG_PRIOR), 0.0)
+
+
+def prior_weight(step: int, enabled: bool, hold_steps: int, anneal_steps: int) -> float:
+    """Weight of the prior at optimizer step ``step``: 1 while held, then a linear fade to 0."""
+    if not enabled:
+        return 0.0
+    if step < hold_steps:
+        return 1.0
+    if anneal_steps <= 0:
+        return 0.0
+    return max(0.0, 1.0 - (step - hold_steps) / anneal_steps)
+
+
+def alignment_prior(
+    src_lens: Tensor, mel_lens: Tensor, S: int, T: int, scale: float, weight: float
+) -> Optional[Tensor]:
+    """The cross-attention bias for ``Echolancer.forward`` (``cross_bias``), or None at weight 0.
+
+    Args:
+        src_lens: (B,) text lengths.  mel_lens: (B,) codec tokens per row (EOS is added here).
+        S: padded text length.  T: padded codec length (the decoder runs T + 1 steps).
+    Returns:
+        (B, T + 1, S) float32 or None.
+    """
+    if weight <= 0.0:
+        return None
+    return weight * beta_binomial_log_prior(src_lens, mel_lens + 1, S, T + 1, scale)
+
+
+@torch.no_grad()
+def cross_attention_maps(model: Echolancer, batch: dict) -> list[Tensor]:
+    """Each decoder layer's cross-attention, averaged over heads, under teacher forcing.
+
+    Args:
+        batch: the keys of ``Echolancer.forward`` (``speakers``, ``texts``, ``src_lens``, ``mels``,
+            ``mel_lens``, optional ``em_hidden``, ``vq_tokens``, ``vq_token_lens``).
+    Returns:
+        one (B, T + 1, S) float32 map per decoder layer, in eval mode and without any prior.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        enc = model.encode(batch.get("speakers"), batch["texts"], batch["src_lens"], batch.get("em_hidden"),
+                           batch.get("vq_tokens"), batch.get("vq_token_lens"))
+        inputs, _, tgt_pad = model.frame(batch["mels"], batch["mel_lens"])
+        weights: list[Tensor] = []
+        model.decode(inputs, enc, tgt_pad, cross_weights=weights)
+    finally:
+        model.train(was_training)
+    return [w.mean(dim=1) for w in weights]
+
+
+def diagonality(attn: Tensor, src_lens: Tensor, tgt_lens: Tensor, band: float = 0.2) -> Tensor:
+    """Share of attention mass within a band around the diagonal, per row.
+
+    The diagonal runs from (step 0, text 0) to (last step, last text token); the band is
+    ±max(2, ``band``·S) text tokens wide. A monotonic alignment whose pace varies somewhat scores
+    near 1; attention spread over the whole text scores about the band's share of the text.
+
+    Args:
+        attn: (B, T, S) attention probabilities.  src_lens: (B,) S per row.  tgt_lens: (B,) T per row.
+    Returns:
+        (B,) float32 in [0, 1].
+    """
+    B, T, S = attn.shape
+    t = torch.arange(T, device=attn.device, dtype=torch.float32)[None, :, None]
+    k = torch.arange(S, device=attn.device, dtype=torch.float32)[None, None, :]
+    s_len = src_lens.float()[:, None, None]
+    t_len = tgt_lens.float()[:, None, None]
+    centre = t * (s_len - 1) / (t_len - 1).clamp(min=1)
+    width = torch.maximum(torch.full_like(s_len, 2.0), band * s_len)
+    near = ((k - centre).abs() <= width) & (k < s_len)
+    valid_t = (t < t_len).squeeze(-1)  # (B, T)
+    mass = (attn.float() * near).sum(-1)  # (B, T)
+    return (mass * valid_t).sum(-1) / valid_t.sum(-1).clamp(min=1)
+
+
+def alignment_image(attn: Tensor, src_len: int, tgt_len: int) -> Tensor:
+    """One utterance's map (T, S) -> (S, T) uint8 image: text upward, audio steps to the right.
+
+    Each column is scaled by its maximum so a soft alignment stays visible.
+    """
+    a = attn[:tgt_len, :src_len].float().clamp(min=0)
+    a = a / a.amax(dim=1, keepdim=True).clamp(min=1e-8)
+    return (a.T.flip(0) * 255).round().to(torch.uint8)

@@ -1,0 +1,104 @@
+"""The alignment prior and the alignment pictures."""
+
+import pytest
+import torch
+
+from model import Echolancer
+from model.alignment import (
+    alignment_image,
+    alignment_prior,
+    beta_binomial_log_prior,
+    cross_attention_maps,
+    diagonality,
+    prior_weight,
+)
+from utils.config import load_config
+
+
+def test_prior_rows_are_distributions_whose_peak_walks_the_diagonal():
+    src, tgt = torch.tensor([8, 5]), torch.tensor([30, 12])
+    lp = beta_binomial_log_prior(src, tgt, S=8, T=30, scale=1.0)  # (2, 30, 8)
+    for b in range(2):
+        S, T = int(src[b]), int(tgt[b])
+        p = lp[b, :T, :S].exp()
+        assert torch.allclose(p.sum(-1), torch.ones(T), atol=1e-4)
+        peaks = p.argmax(-1)
+        assert peaks[0] == 0 and peaks[-1] == S - 1
+        assert (peaks[1:] >= peaks[:-1]).all()  # monotonic
+        assert (lp[b, T:] == 0).all() and (lp[b, :, S:] == 0).all()  # padding left to the masks
+
+
+def test_prior_weight_holds_then_fades_to_zero():
+    w = [prior_weight(s, True, 10, 20) for s in (0, 9, 10, 20, 30, 100)]
+    assert w == [1.0, 1.0, 1.0, 0.5, 0.0, 0.0]
+    assert prior_weight(0, False, 10, 20) == 0.0
+    assert alignment_prior(torch.tensor([3]), torch.tensor([4]), 3, 4, 1.0, 0.0) is None
+
+
+def tiny_model() -> Echolancer:
+    torch.manual_seed(0)
+    return Echolancer.from_config(load_config("config/model_tiny.yaml")).eval()
+
+
+def test_prior_enters_cross_attention_and_keeps_padding_invariance():
+    m = tiny_model()
+    g = torch.Generator().manual_seed(0)
+    texts, sl = torch.randint(2, 40, (2, 7), generator=g), torch.tensor([7, 4])
+    mels, ml = torch.randint(0, 1000, (2, 9), generator=g), torch.tensor([9, 6])
+    spk = torch.tensor([0, 1])
+    bias = alignment_prior(sl, ml, 7, 9, 1.0, 1.0)
+    assert bias.shape == (2, 10, 7)
+    plain = m(spk, texts, sl, mels, ml).logits
+    with_prior = m(spk, texts, sl, mels, ml, cross_bias=bias).logits
+    assert not torch.allclose(plain, with_prior, atol=1e-4)
+    # junk text after each row's length changes no valid logit, prior or not
+    junk = torch.cat([texts, torch.randint(2, 40, (2, 3), generator=g)], 1)
+    bias_j = alignment_prior(sl, ml, 10, 9, 1.0, 1.0)
+    out = m(spk, junk, sl, mels, ml, cross_bias=bias_j).logits
+    for b in range(2):
+        n = int(ml[b]) + 1
+        assert torch.allclose(out[b, :n], with_prior[b, :n], atol=1e-5)
+
+
+def test_cross_attention_maps_are_distributions_over_valid_text():
+    m = tiny_model()
+    g = torch.Generator().manual_seed(1)
+    batch = {"speakers": torch.tensor([0, 1]), "texts": torch.randint(2, 40, (2, 6), generator=g),
+             "src_lens": torch.tensor([6, 3]), "mels": torch.randint(0, 1000, (2, 8), generator=g),
+             "mel_lens": torch.tensor([8, 5])}
+    maps = cross_attention_maps(m, batch)
+    assert len(maps) == m.cfg.decoder.layer and maps[0].shape == (2, 9, 6)
+    assert torch.allclose(maps[0].sum(-1), torch.ones(2, 9), atol=1e-5)
+    assert (maps[0][1, :, 3:] == 0).all()
+
+
+def test_diagonality_scores_a_diagonal_high_and_a_smear_or_reversal_low():
+    S, T = 20, 60
+    diag = torch.zeros(1, T, S)
+    diag[0, torch.arange(T), torch.arange(T) * S // T] = 1.0
+    smear = torch.full((1, T, S), 1.0 / S)
+    rev = diag.flip(-1)
+    lens = (torch.tensor([S]), torch.tensor([T]))
+    assert diagonality(diag, *lens) > 0.99
+    assert diagonality(smear, *lens) < 0.45
+    assert diagonality(rev, *lens) < 0.3
+
+
+def test_alignment_image_puts_text_upward_and_audio_to_the_right():
+    a = torch.zeros(4, 3)
+    a[0, 0] = 1.0  # first step on the first text token
+    a[3, 2] = 1.0
+    img = alignment_image(a, src_len=3, tgt_len=4)
+    assert img.shape == (3, 4) and img.dtype == torch.uint8
+    assert img[2, 0] == 255 and img[0, 3] == 255  # first text token at the bottom row
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+def test_prior_scale_sets_its_width(scale):
+    lp = beta_binomial_log_prior(torch.tensor([30]), torch.tensor([100]), 30, 100, scale)
+    p = lp[0, 50].exp()
+    k = torch.arange(30.0)
+    var = (p * (k - (p * k).sum()) ** 2).sum()
+    base = beta_binomial_log_prior(torch.tensor([30]), torch.tensor([100]), 30, 100, 1.0)[0, 50].exp()
+    var1 = (base * (k - (base * k).sum()) ** 2).sum()
+    assert (var > var1) if scale < 1 else (var < var1)
