@@ -175,7 +175,10 @@ _UNITS = {
     "kWh": ("kilowatt hour", "kilowatt hours"), "V": ("volt", "volts"), "mA": ("milliamp", "milliamps"),
     "ms": ("millisecond", "milliseconds"), "sec": ("second", "seconds"), "secs": ("second", "seconds"),
     "min": ("minute", "minutes"), "mins": ("minute", "minutes"), "hr": ("hour", "hours"),
-    "hrs": ("hour", "hours"), "dB": ("decibel", "decibels"),
+    "hrs": ("hour", "hours"), "dB": ("decibel", "decibels"), "in.": ("inch", "inches"),
+    "tbsp": ("tablespoon", "tablespoons"), "tsp": ("teaspoon", "teaspoons"), "gal": ("gallon", "gallons"),
+    "qt": ("quart", "quarts"), "sq ft": ("square foot", "square feet"), "sq mi": ("square mile", "square miles"),
+    "km²": ("square kilometer", "square kilometers"), "m²": ("square meter", "square meters"),
     "°C": ("degree celsius", "degrees celsius"), "°F": ("degree fahrenheit", "degrees fahrenheit"),
     "° C": ("degree celsius", "degrees celsius"), "° F": ("degree fahrenheit", "degrees fahrenheit"),
     "°": ("degree", "degrees"),
@@ -663,7 +666,7 @@ def _upper_word(m: re.Match) -> str:
 # The pass list, in order
 # --------------------------------------------------------------------------------------------
 
-_KEEP_NON_ASCII = {"£", "€", "¥", "¢", "°"}
+_KEEP_NON_ASCII = {"£", "€", "¥", "¢", "°", "²", "³"}
 _FRACTION_CHARS = {"½": "1/2", "⅓": "1/3", "⅔": "2/3", "¼": "1/4", "¾": "3/4", "⅕": "1/5", "⅛": "1/8",
                    "⅜": "3/8", "⅝": "5/8", "⅞": "7/8"}
 _NON_ASCII_RE = re.compile(r"[^\x00-\x7f]")
@@ -701,6 +704,7 @@ _PASSES: list[_Pass] = [
     (_c(r"~(?=\s?\d)"), lambda m: " about "),
     # phone numbers: +CC groups, 1-800-..., (555) 123-4567, 555-123-4567, 555.123.4567, 555-0199
     (_c(r"(?<![\w+])(?P<plus>\+)(?P<body>\d{1,3}(?:[\s.-]\(?\d{1,4}\)?){2,5})(?![\w-])"), _phone),
+    (_c(r"(?<![\w+-])(?P<plus>)(?P<body>0\d{2,4}[\s-]\d{3,4}[\s-]\d{4})(?![\w-]|\.\d)"), _phone),
     (_c(r"(?<![\w+-])(?P<plus>)(?P<body>1-\d{3}-\d{3}-\d{4}|\(\d{3}\)\s?\d{3}-\d{4}|\d{3}([-.])\d{3}\3\d{4}"
         r"|\d{3}-\d{4})(?![\w-]|\.\d)"), _phone),
     # dates
@@ -733,7 +737,10 @@ _PASSES: list[_Pass] = [
     (_c(r"(?<=\d%)\s?-\s?(?=\d)"), lambda m: " to "),
     # numbers with units, percentages
     (_c(rf"(?<![\w.,])(?P<neg>-)?(?P<amt>{_NUM})\s?%"), _percent),
-    (_c(rf"(?<![\w.,])(?P<neg>-)?(?P<amt>{_NUM})\s?(?P<unit>{_UNIT_RE})(?![A-Za-z\d/])(?:\.(?=\s+[a-z]))?"), _unit),
+    (_c(rf"(?<![\w.,])(?P<neg>-)?(?P<amt>{_NUM})\s?(?P<unit>{_UNIT_RE})(?<!in\.)(?![A-Za-z\d/])(?:\.(?=\s+[a-z\d]))?"), _unit),
+    (_c(rf"(?<![\w.,])(?P<neg>-)?(?P<amt>{_NUM})\s?(?P<unit>in\.)(?=\s+[a-z\d]|\s*$)"), _unit),
+    (_c(r"(?<=[a-z])/(?=(?:month|mo|year|yr|day|week|wk|hour|hr|night|person|head|unit|piece|kg|lb|liter)\b)"),
+     lambda m: " per "),
     # 6'2" (feet and inches), 2x, 4x4
     (_c(r"(?<![\w.])(\d)'\s?(\d{1,2})(?:\"|'')"), _feet_inches),
     (_c(rf"(?<![\w.,])({_NUM})\s?[x×]\s?({_NUM})(?![\w.])"), lambda m: f"{number(m.group(1))} by {number(m.group(2))}"),
@@ -772,6 +779,8 @@ _PASSES: list[_Pass] = [
     (_c(r"\s?=\s?"), lambda m: " equals "),
     (_c(r"(?<![\w.,])%|(?<=\s)%"), lambda m: " percent "),
     (_c(r"°"), lambda m: " degrees "),
+    (_c(r"²"), lambda m: " squared "),
+    (_c(r"³"), lambda m: " cubed "),
     (_c(r"[\[{]"), lambda m: "("),
     (_c(r"[\]}]"), lambda m: ")"),
     # what is left of numbers
