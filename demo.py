@@ -156,7 +156,7 @@ def plan(p: DemoProfile, work: str, wandb_mode: str) -> list[Step]:
     preencoder = [py, _abs("train_preencoder.py"), "--config", _abs(p.preencoder.config), "--data_dir", corpus_train,
                   "--output_dir", pre_dir, "--device", p.device, *sets(p.preencoder.overrides)]
     vocoder = [py, _abs("train_vocoder.py"), "--config", _abs(p.vocoder.config), "--data_dir", corpus_train,
-               "--output_dir", voc_dir, "--export", "--device", p.device, *sets(p.vocoder.overrides)]
+               "--output_dir", voc_dir, "--device", p.device, *sets(p.vocoder.overrides)]
     prep = [py, _abs("preprocess.py"), "--input_dir", corpus_train, "--output_dir", data, "--pre_encoder_dir",
             pre_export, "--config", _abs(p.echolancer.model_config), "--val_fraction", str(p.preprocess.val_fraction),
             "--workers", str(p.preprocess.workers), "--device", p.device, "--no_progress"]
@@ -167,7 +167,7 @@ def plan(p: DemoProfile, work: str, wandb_mode: str) -> list[Step]:
              *sets(p.echolancer.overrides + [f"wandb.mode={wandb_mode}"])]
     e = p.evaluate
     evaluate = [py, _abs("evaluate.py"), "--reference_dir", corpus_eval, "--checkpoint",
-                os.path.join(el_dir, "ckpt", "best.pt"), "--pre_encoder_dir", pre_export, "--istftnet_dir", voc_export,
+                os.path.join(el_dir, "export"), "--pre_encoder_dir", pre_export, "--istftnet_dir", voc_export,
                 "--output_dir", os.path.join(work, "eval"), "--batch_size", str(e.batch_size),
                 "--max_length", str(e.max_length), "--temperature", str(e.temperature), "--top_k", str(e.top_k),
                 "--device", p.device, "--wandb_mode", wandb_mode]
@@ -179,7 +179,7 @@ def plan(p: DemoProfile, work: str, wandb_mode: str) -> list[Step]:
         Step("preencoder", [preencoder], [os.path.join(pre_export, "model_cpu.pt")], [pre_dir]),
         Step("vocoder", [vocoder], [os.path.join(voc_export, "istft_cpu.pt")], [voc_dir]),
         Step("preprocess", [prep], [os.path.join(data, "qa_report.json")]),
-        Step("echolancer", [train], [os.path.join(el_dir, "ckpt", "best.pt")], [el_dir]),
+        Step("echolancer", [train], [os.path.join(el_dir, "export", "echolancer.pt")], [el_dir]),
         Step("evaluate", [evaluate], [os.path.join(work, "eval", "eval_report.json")]),
     ]
 

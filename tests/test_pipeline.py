@@ -43,8 +43,8 @@ def parts(tmp_path_factory):
     cfg = load_config("config/preencoder_tiny.yaml", ["training.max_steps=4", "training.batch_size=2",
                                                       "training.segment_frames=16"], schema=PreEncoderConfig)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WANDB_MODE", "disabled")  # W&B logging of this script is tested in test_train_preencoder.py
-        export = tp.train(cfg, str(root / "wavs"), str(root / "pe"))
+        mp.setenv("WANDB_MODE", "disabled")  # W&B logging of this script is tested in tests/training/test_preencoder.py
+        export = tp.train(cfg, str(root / "wavs"), str(root / "pe")).export_dir
     torch.manual_seed(0)
     gen = ISTFTNetGenerator(GeneratorConfig(upsample_initial_channel=32), n_mels=80).eval()
     ISTFTNetFE(gen, ISTFT(16, 4), AudioConfig()).export_ts(str(root / "voc"), 22050, devices=["cpu"])

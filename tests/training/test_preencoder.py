@@ -1,7 +1,13 @@
-"""train_preencoder.py end to end: train a few steps, resume exactly, export, load back, match eager."""
+"""The pre-encoder recipe (training/preencoder.py) through train_preencoder.py: train a few steps,
+resume exactly, export, load back, match eager; and the engine's guarantees."""
 
+import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -12,9 +18,10 @@ import yaml
 import train_preencoder as tp
 from model.preencoder import lengths_to_mask
 from scripted_preencoder import ScriptedPreEncoder
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import list_checkpoints, load_checkpoint
 from utils.logger import find_run_dir, read_offline_history
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETTINGS = ["training.max_steps=16", "training.save_step=8", "training.val_step=8", "training.log_step=4",
             "training.batch_size=2", "training.segment_frames=16"]
 
@@ -28,6 +35,17 @@ def write_wavs(folder, n: int = 4) -> None:
         f0, f1 = 200 + 150 * i, 2500 + 400 * i
         x = 0.4 * np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * t[-1]))) + 0.01 * rng.standard_normal(samples)
         sf.write(os.path.join(folder, f"clip{i}.wav"), x.astype(np.float32), 22050)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    for h in logging.root.handlers:
+        if h not in handlers:
+            h.close()
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +64,7 @@ def test_training_logs_checkpoints_and_exports(trained):
     _, out, _ = trained
     assert sorted(os.listdir(out / "ckpt"))[:2] == ["best.json", "best.pt"]
     assert load_checkpoint(out / "ckpt")["step"] == 16
-    assert sorted(os.listdir(out / "export")) == ["model_config.yaml", "model_cpu.pt"]
+    assert sorted(os.listdir(out / "export")) == ["model_config.yaml", "model_cpu.pt", "weights.pt"]
     rows = read_offline_history(find_run_dir(str(out)))
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     assert len(losses) == 4 and all(np.isfinite(losses))
@@ -108,3 +126,75 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert tp.main(["--config", "config/preencoder_tiny.yaml", "--data_dir", str(tmp_path),
                     "--output_dir", str(tmp_path / "o")]) == 2
     assert "no audio files" in capsys.readouterr().err
+
+
+def test_weights_export_is_tensors_only_and_rebuilds_the_best_model(trained):
+    _, out, _ = trained
+    state = torch.load(out / "export" / "weights.pt", weights_only=True)
+    assert state["format"] == "preencoder-export" and state["format_version"] == 1
+    assert set(state) == {"format", "format_version", "config", "model"}
+    model, _, _ = tp.model_from_checkpoint(str(out / "export" / "weights.pt"))
+    best, _, _ = tp.model_from_checkpoint(str(out / "ckpt" / "best.pt"))
+    for k, v in best.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_a_fresh_run_over_a_run_is_refused_and_changed_optimizer_keys_are_applied(trained, tmp_path, capsys):
+    # Before: a fresh run overwrote the old run silently; a changed learning rate on resume was ignored.
+    root, out, args = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    args = [a if a != str(out) else str(copy) for a in args]
+    assert tp.main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert tp.main(args + ["--resume", "--set", "training.max_steps=17", "--set", "training.learning_rate=1.0e-3",
+                           "--set", "training.weight_decay=0.05"]) == 0
+    state = load_checkpoint(copy / "ckpt")
+    assert state["step"] == 17 and state["scheduler"]["base_lrs"] == [pytest.approx(1e-3)]
+    assert state["optimizer"]["param_groups"][0]["weight_decay"] == 0.05
+    text = (copy / "train.log").read_text()
+    assert "training.learning_rate: 0.003 -> 0.001" in text and "training.weight_decay: 0 -> 0.05" in text
+
+
+def test_stale_temporaries_are_removed_and_nonfinite_losses_save_then_exit_1(trained, tmp_path, monkeypatch):
+    # Before: .tmp_*.pt files of killed saves stayed for good; non-finite losses raised without saving.
+    import training.preencoder as recipe
+
+    root, out, args = trained
+    out2 = tmp_path / "nan"
+    (out2 / "ckpt").mkdir(parents=True)
+    (out2 / "ckpt" / ".tmp_dead.pt").write_bytes(b"partial")
+    real = recipe.reconstruction_loss
+
+    def nan_loss(*a, **k):
+        loss, l1, l2 = real(*a, **k)
+        return loss * float("nan"), l1, l2
+
+    monkeypatch.setattr(recipe, "reconstruction_loss", nan_loss)
+    args = [a if a != str(out) else str(out2) for a in args]
+    assert tp.main(args + ["--set", "training.max_nonfinite_steps=3"]) == 1
+    assert not (out2 / "ckpt" / ".tmp_dead.pt").exists()
+    assert [s for s, _ in list_checkpoints(out2 / "ckpt")] == [3]
+    assert "3 steps in a row had a non-finite loss" in (out2 / "train.log").read_text()
+
+
+def test_group_sigterm_saves_and_exits_0(trained, tmp_path):
+    # Before: the pre-encoder trainer had no signal handling: SIGTERM killed it without a save.
+    root, _, _ = trained
+    out = tmp_path / "sig"
+    cmd = [sys.executable, "train_preencoder.py", "--config", "config/preencoder_tiny.yaml", "--data_dir",
+           str(root / "wavs"), "--output_dir", str(out)]
+    for s in SETTINGS[1:] + ["training.max_steps=100000", "training.save_step=2", "wandb.mode=disabled"]:
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 180
+    while not (out / "ckpt" / "ckpt_000000002.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "training did not reach step 2"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert err.count("received SIGTERM") == 1 and "interrupted at step" in err
+    step = load_checkpoint(out / "ckpt")["step"]
+    assert f"ckpt_{step:09d}.pt" in err.split("received SIGTERM")[1]

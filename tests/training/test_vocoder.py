@@ -1,7 +1,13 @@
-"""train_vocoder.py: config, data, GAN steps, checkpoint + resume, W&B logging and export (tiny, CPU)."""
+"""The vocoder recipe (training/vocoder.py) and train_vocoder.py: config, data, GAN steps, checkpoint +
+resume, W&B logging, export, and the engine's guarantees (tiny, CPU)."""
 
+import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -10,12 +16,13 @@ import torch
 
 import train_vocoder
 from istftnetfe import ISTFTNetFE
-from train_vocoder import SegmentDataset, VocoderTrainer, split_files
-from utils.checkpoint import load_checkpoint
+from training.vocoder import SegmentDataset, VocoderTrainer, split_files
+from utils.checkpoint import list_checkpoints, load_checkpoint
 from utils.config import AudioConfig, ConfigError, load_config
 from utils.logger import find_run_dir, read_offline_history
 from utils.vocoder_config import VocoderConfig
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SR = 22050
 TINY = "config/istftnet_tiny.yaml"
 # Smaller still than the tiny config, so that a GAN step costs well under a second on 2 cores.
@@ -33,6 +40,18 @@ def write_wavs(folder) -> str:
     sf.write(os.path.join(folder, "noise.wav"), (0.1 * rng.standard_normal(int(0.5 * SR))).astype(np.float32), SR)
     sf.write(os.path.join(folder, "short.wav"), (0.3 * np.sin(2 * np.pi * 440 * t[:1500])).astype(np.float32), SR)
     return str(folder)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    # main() configures the root logger (stderr + OUT/train.log); undo it afterwards.
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    for h in logging.root.handlers:
+        if h not in handlers:
+            h.close()
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +128,28 @@ def test_overfitting_one_segment_lowers_the_mel_l1(wav_dir):
 
 
 def test_nonfinite_steps_are_skipped_and_then_fatal():
+    # The engine's one policy: no update, the step and the LR schedule advance; after
+    # max_nonfinite_steps in a row the loop saves and stops (exit status 1).
     trainer = VocoderTrainer(fast_config("training.max_nonfinite_steps=2"), torch.device("cpu"))
     before = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
     bad = torch.full((2, 2048), float("nan"))
     assert trainer.train_step(bad) == {"skipped_nonfinite": 1.0}
-    assert trainer.step == 0
+    assert trainer.step == 1 and trainer.sched_g.last_epoch == 1 and not trainer.nonfinite.should_stop
     assert all(torch.equal(before[k], v) for k, v in trainer.generator.state_dict().items())
-    with pytest.raises(FloatingPointError, match="2 non-finite losses in a row"):
-        trainer.train_step(bad)
+    trainer.train_step(bad)
+    assert trainer.nonfinite.should_stop and trainer.nonfinite.streak == 2
+    assert "2 steps in a row had a non-finite loss" in trainer.nonfinite.message(trainer.step)
+
+
+def test_nonfinite_run_saves_and_exits_1(wav_dir, tmp_path, monkeypatch):
+    # Before: the run raised FloatingPointError without saving.
+    import training.vocoder as tv
+
+    monkeypatch.setattr(tv, "discriminator_loss", lambda real, fake: torch.tensor(float("nan")))
+    out = str(tmp_path / "nan")
+    assert train_vocoder.main(cli(wav_dir, out, "--set", "training.max_nonfinite_steps=2")) == 1
+    state = load_checkpoint(os.path.join(out, "ckpt"))
+    assert state["step"] == 2 and state["nonfinite_total"] == 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,7 +168,7 @@ def cli(wav_dir: str, out: str, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(wav_dir, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("vocoder_run"))
-    train_vocoder.main(cli(wav_dir, out, "--export"))
+    assert train_vocoder.main(cli(wav_dir, out)) == 0  # exports when training ends
     return out
 
 
@@ -158,15 +191,26 @@ def test_cli_run_checkpoints_logs_and_writes_samples(trained):
 
 
 def test_exported_vocoder_loads_and_matches_the_checkpoint(trained):
+    # The export holds the best validated weights (best.pt), like the other recipes.
     fe = ISTFTNetFE.load_ts(os.path.join(trained, "export"), "cpu")
     trainer = VocoderTrainer(fast_config(), torch.device("cpu"))
-    trainer.load_state_dict(load_checkpoint(os.path.join(trained, "ckpt", "ckpt_000000004.pt")), "ckpt 4")
+    trainer.load_state_dict(load_checkpoint(os.path.join(trained, "ckpt", "best.pt")), "best")
     mel = torch.randn(1, 80, 13)
     with torch.no_grad():
         trainer.generator.eval()
         eager = trainer.synthesize(mel)
     assert torch.allclose(fe(mel), eager, atol=1e-5)
     assert fe.infer(mel).shape == (13 * 256,)
+    weights = torch.load(os.path.join(trained, "export", "weights.pt"), weights_only=True)
+    assert weights["format"] == "istftnet-export" and weights["format_version"] == 1
+    assert set(weights) == {"format", "format_version", "config", "step", "generator"}
+    for k, v in trainer.generator.state_dict().items():
+        assert torch.equal(weights["generator"][k], v), k
+
+    # --export alone re-exports a checkpoint without training.
+    again = os.path.join(os.path.dirname(trained), "reexport")
+    assert train_vocoder.main(["--output_dir", again, "--export", os.path.join(trained, "ckpt", "best.pt")]) == 0
+    assert torch.allclose(ISTFTNetFE.load_ts(os.path.join(again, "export"), "cpu")(mel), fe(mel))
 
 
 def test_resume_restores_step_weights_optimizers_and_the_wandb_run(trained, wav_dir, tmp_path):
@@ -181,14 +225,58 @@ def test_resume_restores_step_weights_optimizers_and_the_wandb_run(trained, wav_
         assert torch.equal(v, state4["generator"][k]), k
     assert torch.equal(fresh.opt_d.state_dict()["state"][0]["exp_avg"], state4["opt_d"]["state"][0]["exp_avg"])
 
-    train_vocoder.main(cli(wav_dir, out, "--resume", "--set", "training.max_steps=6"))
+    assert train_vocoder.main(cli(wav_dir, out, "--resume", "--set", "training.max_steps=6")) == 0
     state6 = load_checkpoint(os.path.join(out, "ckpt"))
     assert state6["step"] == 6 and state6["wandb_run_id"] == state4["wandb_run_id"]
     assert not torch.equal(state6["generator"]["conv_pre.bias"], state4["generator"]["conv_pre.bias"])
 
 
-def test_resume_refuses_a_changed_architecture(trained, wav_dir, tmp_path):
+def test_resume_refuses_a_changed_architecture(trained, wav_dir, tmp_path, capsys):
     out = str(tmp_path / "run")
     shutil.copytree(trained, out)
-    with pytest.raises(SystemExit, match="generator.upsample_initial_channel"):
-        train_vocoder.main(cli(wav_dir, out, "--resume", "--set", "generator.upsample_initial_channel=64"))
+    assert train_vocoder.main(cli(wav_dir, out, "--resume", "--set", "generator.upsample_initial_channel=64")) == 2
+    assert "generator.upsample_initial_channel: 32 in the checkpoint, 64 now" in capsys.readouterr().err
+
+
+def test_a_fresh_run_over_a_run_is_refused_and_a_changed_learning_rate_is_applied_on_resume(
+    trained, wav_dir, tmp_path, capsys
+):
+    # Before: a fresh run silently overwrote the old run's files; a changed learning rate was
+    # silently ignored on resume (StepLR and the optimizer kept the old base rate).
+    out = str(tmp_path / "run")
+    shutil.copytree(trained, out)
+    assert train_vocoder.main(cli(wav_dir, out)) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert train_vocoder.main(cli(wav_dir, out, "--resume", "--set", "training.max_steps=5",
+                                  "--set", "optimizer.learning_rate=1.0e-3")) == 0
+    state = load_checkpoint(os.path.join(out, "ckpt"))
+    assert state["step"] == 5
+    assert [round(b, 12) for b in state["sched_g"]["base_lrs"]] == [1e-3]
+    assert state["opt_g"]["param_groups"][0]["initial_lr"] == pytest.approx(1e-3)
+    assert "optimizer.learning_rate: 0.0002 -> 0.001" in open(os.path.join(out, "train.log")).read()
+    assert train_vocoder.main(cli(wav_dir, out, "--overwrite", "--set", "training.max_steps=2")) == 0
+    assert [s for s, _ in list_checkpoints(os.path.join(out, "ckpt"))] == [2]
+    (aside,) = [d for d in os.listdir(out) if d.startswith("ckpt.replaced-")]
+    assert [s for s, _ in list_checkpoints(os.path.join(out, aside))] == [2, 4, 5]
+
+
+def test_group_sigterm_with_dataloader_workers_saves_and_exits_0(wav_dir, tmp_path):
+    # Before: only the Echolancer trainer handled signals; the vocoder died without saving.
+    out = str(tmp_path / "sig")
+    cmd = [sys.executable, "train_vocoder.py"] + cli(wav_dir, out, "--set", "training.max_steps=100000",
+                                                      "--set", "training.num_workers=2", "--set", "wandb.mode=disabled")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 180
+    while not os.path.exists(os.path.join(out, "ckpt", "ckpt_000000002.pt")):
+        assert proc.poll() is None and time.time() < deadline, "training did not reach step 2"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert err.count("received SIGTERM") == 1 and "killed by signal" not in err
+    assert "interrupted at step" in err
+    step = load_checkpoint(os.path.join(out, "ckpt"))["step"]
+    assert f"ckpt_{step:09d}.pt" in err.split("received SIGTERM")[1]
+

@@ -1,0 +1,494 @@
+"""The vocoder recipe: train the iSTFTNet vocoder (mel -> waveform) on audio files, then export it.
+
+``train_vocoder.py`` is its command line. HiFi-GAN's recipe (Kong et al. 2020) with the iSTFTNet
+C8C8I generator (Kaneko et al. 2022): random ``training.segment_size``-sample segments; per step one
+discriminator update (LSGAN) and one generator update (LSGAN + 2 x feature matching + 45 x mel L1).
+Mels come from ``utils.audio``'s one mel function, so the vocoder hears exactly what the pre-encoder
+and Echolancer produce. The engine (``training/engine.py``) provides precision, signals, the
+non-finite policy, resume checks and output-directory safety.
+
+Output directory:
+    OUT/config.yaml                   the resolved config
+    OUT/ckpt/ckpt_<step>.pt           generator, discriminators, both optimizers and schedulers,
+                                      GradScaler, RNG states, W&B run id (best.pt = lowest val mel L1)
+    OUT/samples/step_<step>/*.wav     validation resyntheses
+    OUT/wandb/                        the W&B run (offline by default)
+    OUT/export/                       when training ends (best validated weights): istft_cpu.pt
+                                      (+ istft_cuda.pt) and config.json, loadable with
+                                      ``ISTFTNetFE.load_ts``, and weights.pt (tensors only)
+
+A usable vocoder needs a GPU (hundreds of thousands of steps); on a CPU this is a smoke test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from tqdm import tqdm
+
+from istftnetfe import ISTFTNetFE
+from model.istftnet import (
+    ISTFT,
+    Discriminators,
+    ISTFTNetGenerator,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+)
+from training.engine import (
+    NonFinitePolicy,
+    StopSignals,
+    amp_dtype,
+    apply_optimizer_settings,
+    check_resume_compatible,
+    prepare_output_dir,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    worker_init_fn,
+)
+from utils.audio import load_wav, mel_spectrogram, save_wav
+from utils.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    capture_rng_state,
+    checkpoint_name,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from utils.config import config_from_dict, config_to_dict
+from utils.logger import Logger
+from utils.vocoder_config import VocoderConfig
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+# Sections that define the weights: a resumed run must not change them.
+ARCHITECTURE_SECTIONS = ("generator", "discriminator", "audio")
+EXPORT_FORMAT = "istftnet-export"
+log = logging.getLogger("echolancer.train")
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+def find_audio_files(data_dir: str) -> list[str]:
+    """Every audio file under ``data_dir`` (recursive), sorted so the split is reproducible."""
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--data_dir {data_dir}: no such directory")
+    files = []
+    for root, _, names in os.walk(data_dir):
+        files.extend(os.path.join(root, n) for n in names if n.lower().endswith(AUDIO_EXTENSIONS))
+    if not files:
+        raise FileNotFoundError(f"--data_dir {data_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+    return sorted(files)
+
+
+def split_files(files: list[str], val_fraction: float, max_val: int, seed: int) -> tuple[list[str], list[str]]:
+    """Hold out ``val_fraction`` of the files (at least one, at most ``max_val``) for validation.
+
+    With a single file there is nothing to hold out: it is used for both.
+    """
+    if len(files) < 2 or val_fraction == 0:
+        return list(files), list(files[:1]) if val_fraction > 0 else []
+    order = list(files)
+    random.Random(seed).shuffle(order)
+    n_val = min(max_val, max(1, round(len(files) * val_fraction)))
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+class SegmentDataset(Dataset):
+    """One random ``segment_size``-sample segment per file per epoch (zero-padded if shorter).
+
+    Args:
+        files: audio files.  sampling_rate: target rate (other rates are resampled).
+        segment_size: samples per item.
+    Returns (per item): (segment_size,) float32 waveform.
+    """
+
+    def __init__(self, files: list[str], sampling_rate: int, segment_size: int) -> None:
+        self.files = files
+        self.sampling_rate = sampling_rate
+        self.segment_size = segment_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Tensor:
+        wav = load_wav(self.files[i], self.sampling_rate)
+        if wav.numel() >= self.segment_size:
+            # torch's RNG: seeded per worker by the DataLoader, so runs are reproducible.
+            start = int(torch.randint(0, wav.numel() - self.segment_size + 1, ()))
+            return wav[start : start + self.segment_size]
+        return F.pad(wav, (0, self.segment_size - wav.numel()))
+
+
+def make_loader(files: list[str], cfg: VocoderConfig, seed: int, pin_memory: bool) -> DataLoader:
+    t = cfg.training
+    ds = SegmentDataset(files, cfg.audio.sampling_rate, t.segment_size)
+    # Fewer files than a batch (tiny datasets, tests): draw with replacement to fill one batch.
+    sampler = RandomSampler(
+        ds, replacement=len(ds) < t.batch_size, num_samples=max(len(ds), t.batch_size),
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return DataLoader(
+        ds, batch_size=t.batch_size, sampler=sampler, drop_last=True, num_workers=t.num_workers,
+        pin_memory=pin_memory, persistent_workers=t.num_workers > 0,
+        worker_init_fn=worker_init_fn if t.num_workers > 0 else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The GAN trainer
+# --------------------------------------------------------------------------------------------
+
+
+class VocoderTrainer:
+    """Generator, discriminators, their AdamW optimizers and step-wise exponential LR decay.
+
+    Args:
+        cfg: the validated vocoder config.
+        device: where to train.
+    """
+
+    def __init__(self, cfg: VocoderConfig, device: torch.device) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.audio = cfg.audio
+        # The loss mel spans the whole band unless configured (HiFi-GAN's fmax_for_loss = None).
+        fmax = cfg.loss.mel_loss_fmax or cfg.audio.sampling_rate / 2
+        self.loss_audio = dataclasses.replace(cfg.audio, fmax=float(fmax))
+        g = cfg.generator
+        self.generator = ISTFTNetGenerator(g, cfg.audio.n_mels).to(device)
+        self.istft = ISTFT(g.gen_istft_n_fft, g.gen_istft_hop_size).to(device)
+        self.discriminators = Discriminators(cfg.discriminator).to(device)
+        o = cfg.optimizer
+
+        def adamw(params) -> torch.optim.AdamW:
+            return torch.optim.AdamW(params, lr=o.learning_rate, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+        self.opt_g = adamw(self.generator.parameters())
+        self.opt_d = adamw(self.discriminators.parameters())
+        self.sched_g = torch.optim.lr_scheduler.StepLR(self.opt_g, o.lr_decay_every, o.lr_decay)
+        self.sched_d = torch.optim.lr_scheduler.StepLR(self.opt_d, o.lr_decay_every, o.lr_decay)
+        self.precision = resolve_precision(cfg.training.precision, device)
+        self.amp_dtype = amp_dtype(self.precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.step = 0
+        self.epoch = 0
+        self.nonfinite = NonFinitePolicy(cfg.training.max_nonfinite_steps)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def synthesize(self, mel: Tensor) -> Tensor:
+        """Args: mel (B, n_mels, T). Returns (B, T * hop) float32 waveform (with autograd)."""
+        with self._autocast():
+            magnitude, phase = self.generator(mel)
+        return self.istft(magnitude, phase)
+
+    def mel_l1(self, wav: Tensor, wav_hat: Tensor) -> Tensor:
+        """Mel L1 between two (B, N) waveforms, in fp32 with the loss mel settings."""
+        return F.l1_loss(mel_spectrogram(wav_hat, self.loss_audio), mel_spectrogram(wav, self.loss_audio))
+
+    def _clip_and_step(self, opt: torch.optim.Optimizer, params) -> Tensor:
+        self.scaler.unscale_(opt)
+        thresh = self.cfg.training.grad_clip_thresh
+        norm = torch.nn.utils.clip_grad_norm_(params, thresh if thresh is not None else float("inf"))
+        self.scaler.step(opt)
+        return norm
+
+    def _skip_nonfinite(self, name: str, loss: Tensor) -> dict[str, float]:
+        """The engine's policy: no update, but the step and the schedules advance; the loop stops
+        (after saving) once ``training.max_nonfinite_steps`` steps in a row were non-finite."""
+        self.nonfinite.record(False)
+        log.warning("step %d: non-finite %s (%s); update skipped (%d in a row)", self.step, name, loss.item(),
+                    self.nonfinite.streak)
+        if self.scaler.is_enabled():
+            self.scaler.update()
+        self.opt_d.zero_grad(set_to_none=True)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.sched_d.step()
+        self.sched_g.step()
+        self.step += 1
+        return {"skipped_nonfinite": 1.0}
+
+    def train_step(self, wav: Tensor) -> dict[str, float]:
+        """One discriminator and one generator update on a batch of segments.
+
+        Args:
+            wav: (B, segment_size) float waveform.
+        Returns:
+            the step's losses and gradient norms as floats, or ``{"skipped_nonfinite": 1.0}`` for a
+            step with a non-finite loss (skipped; the discriminators may already have been updated
+            when only the generator's loss is non-finite). ``self.nonfinite.should_stop`` tells the
+            loop to save and stop.
+        """
+        self.generator.train()
+        self.discriminators.train()
+        wav = wav.to(self.device, non_blocking=True).float()
+        with torch.no_grad():
+            mel = mel_spectrogram(wav, self.audio)  # (B, n_mels, segment / hop): the generator's input
+        wav_hat = self.synthesize(mel)
+
+        # Discriminator step: real -> 1, generated (detached) -> 0.
+        with self._autocast():
+            real_logits, _ = self.discriminators(wav)
+            fake_logits, _ = self.discriminators(wav_hat.detach())
+        loss_d = discriminator_loss(real_logits, fake_logits)
+        if not torch.isfinite(loss_d):
+            return self._skip_nonfinite("loss_d", loss_d)
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_d).backward()
+        grad_d = self._clip_and_step(self.opt_d, self.discriminators.parameters())
+
+        # Generator step, against the freshly updated discriminators (HiFi-GAN's order). Real
+        # feature maps are targets only, so they need no graph.
+        loss_mel = self.mel_l1(wav, wav_hat)
+        with self._autocast():
+            with torch.no_grad():
+                _, real_fmaps = self.discriminators(wav)
+            fake_logits, fake_fmaps = self.discriminators(wav_hat)
+        loss_adv = generator_adversarial_loss(fake_logits)
+        loss_fm = feature_matching_loss(real_fmaps, fake_fmaps)
+        lw = self.cfg.loss
+        loss_g = loss_adv + lw.feature_weight * loss_fm + lw.mel_weight * loss_mel
+        if not torch.isfinite(loss_g):
+            return self._skip_nonfinite("loss_g", loss_g)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_g).backward()
+        grad_g = self._clip_and_step(self.opt_g, self.generator.parameters())
+        self.scaler.update()
+        self.sched_d.step()
+        self.sched_g.step()
+        self.nonfinite.record(True)
+        self.step += 1
+        return {
+            "loss_g": loss_g.item(), "loss_d": loss_d.item(), "loss_mel": loss_mel.item(),
+            "loss_adv": loss_adv.item(), "loss_fm": loss_fm.item(),
+            "grad_norm_g": grad_g.item(), "grad_norm_d": grad_d.item(), "lr": self.sched_g.get_last_lr()[0],
+        }
+
+    @torch.no_grad()
+    def validate(self, files: list[str], max_seconds: float) -> tuple[float, list[tuple[str, Tensor, Tensor]]]:
+        """Resynthesise each file (cut to ``max_seconds``) from its mel.
+
+        Returns:
+            the mean mel L1, and (name, real, generated) waveforms (CPU, (N,)) per file.
+        """
+        self.generator.eval()
+        hop = self.audio.hop_length
+        max_len = int(max_seconds * self.audio.sampling_rate) // hop * hop
+        losses, outputs = [], []
+        for path in files:
+            wav = load_wav(path, self.audio.sampling_rate)[:max_len]
+            wav = wav[: wav.numel() // hop * hop].to(self.device)
+            if wav.numel() < 2 * hop or wav.numel() <= self.audio.n_fft // 2:
+                continue  # too short to make a mel from
+            wav_hat = self.synthesize(mel_spectrogram(wav, self.audio))[0]
+            losses.append(self.mel_l1(wav[None], wav_hat[None]).item())
+            outputs.append((os.path.splitext(os.path.basename(path))[0], wav.cpu(), wav_hat.float().cpu()))
+        self.generator.train()
+        if not losses:
+            raise ValueError("validation: every validation file is shorter than two mel frames")
+        return float(np.mean(losses)), outputs
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "kind": "istftnet",
+            "step": self.step,
+            "epoch": self.epoch,
+            "config": config_to_dict(self.cfg),
+            "generator": self.generator.state_dict(),
+            "discriminators": self.discriminators.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
+            "sched_d": self.sched_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng_state(),
+            "nonfinite_total": self.nonfinite.total,
+        }
+
+    def load_state_dict(self, state: dict, source: str) -> None:
+        if state.get("kind") != "istftnet":
+            raise CheckpointError(f"{source}: not an iSTFTNet checkpoint (kind={state.get('kind')!r})")
+        saved = config_from_dict(VocoderConfig, state["config"], f"{source} (stored config)")
+        check_resume_compatible(source, {s: (config_to_dict(getattr(saved, s)), config_to_dict(getattr(self.cfg, s)))
+                                         for s in ARCHITECTURE_SECTIONS})
+        self.generator.load_state_dict(state["generator"])
+        self.discriminators.load_state_dict(state["discriminators"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.nonfinite.total = int(state.get("nonfinite_total", 0))
+        # Policy (docs/DESIGN.md, "Resuming"): changed optimizer keys are applied and logged.
+        o = self.cfg.optimizer
+        for opt, sched in ((self.opt_g, self.sched_g), (self.opt_d, self.sched_d)):
+            apply_optimizer_settings(source, opt, sched, {"learning_rate": o.learning_rate,
+                                                          "weight_decay": o.weight_decay, "betas": o.betas})
+            if (sched.step_size, sched.gamma) != (o.lr_decay_every, o.lr_decay):
+                log.warning("%s: resuming with a changed LR decay, applied from the next step: "
+                            "optimizer.lr_decay_every %s -> %s, optimizer.lr_decay %s -> %s", source,
+                            sched.step_size, o.lr_decay_every, sched.gamma, o.lr_decay)
+                sched.step_size, sched.gamma = o.lr_decay_every, o.lr_decay
+                for g, base in zip(opt.param_groups, sched.base_lrs):
+                    g["lr"] = base * o.lr_decay ** (sched.last_epoch // o.lr_decay_every)
+        restore_rng_state(state["rng"])
+
+    def export(self, out_dir: str) -> list[str]:
+        """Write the export directory of the current generator: the TorchScript files and
+        ``config.json`` (``istftnetfe.py`` format), and ``weights.pt`` (``format`` "istftnet-export",
+        ``format_version``, ``generator`` state dict, ``config``; ``weights_only``-loadable)."""
+        fe = ISTFTNetFE(self.generator, self.istft, self.audio)
+        written = list(fe.export_ts(out_dir, self.audio.sampling_rate))
+        path = os.path.join(out_dir, "weights.pt")
+        save_checkpoint({"format": EXPORT_FORMAT, "format_version": 1, "config": config_to_dict(self.cfg),
+                         "step": self.step,
+                         "generator": {k: v.detach().cpu() for k, v in self.generator.state_dict().items()}}, path)
+        return written + [path]
+
+
+# --------------------------------------------------------------------------------------------
+# Main loop
+# --------------------------------------------------------------------------------------------
+
+
+def _log_samples(logger: Logger, out_dir: str, outputs, step: int, sr: int, with_real: bool) -> None:
+    sample_dir = os.path.join(out_dir, "samples", f"step_{step:07d}")
+    for name, real, fake in outputs[:2]:
+        save_wav(os.path.join(sample_dir, f"{name}.wav"), fake, sr)
+        logger.log_audio(f"val/audio_{name}", fake.numpy(), sr, step)
+        if with_real:
+            logger.log_audio(f"val/real_{name}", real.numpy(), sr, step)
+
+
+@dataclass
+class VocoderResult:
+    status: str  # "finished", "interrupted", "nonfinite"
+    trainer: VocoderTrainer
+    export_dir: Optional[str]
+    last_checkpoint: Optional[str]
+
+
+def train(cfg: VocoderConfig, data_dir: str, output_dir: str, resume: Optional[str] = None,
+          device: Optional[str] = None, overwrite: bool = False, export: bool = True) -> VocoderResult:
+    """Train, checkpoint and (when it ends normally) export the best validated generator."""
+    t = cfg.training
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed segment size: autotuned kernels pay off
+    prepare_output_dir(output_dir, resume, overwrite)
+    seed_everything(t.seed)
+
+    files = find_audio_files(data_dir)
+    train_files, val_files = split_files(files, t.val_fraction, t.max_val_files, t.seed)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "config.yaml"), "w", encoding="utf-8") as f:
+        f.write(f"# resolved config of: {' '.join(sys.argv)}\n")
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+
+    trainer = VocoderTrainer(cfg, dev)
+    manager = CheckpointManager(os.path.join(output_dir, "ckpt"), t.keep_last, adopt_existing=resume is not None)
+    run_id = None
+    if resume is not None:
+        state = load_checkpoint(resume, map_location=dev)
+        trainer.load_state_dict(state, resume)
+        run_id = state.get("wandb_run_id")
+        log.info("resumed from %s at step %d", resume, trainer.step)
+
+    logger = Logger(output_dir, project=cfg.wandb.project, mode=cfg.wandb.mode, run_name=cfg.wandb.run_name,
+                    entity=cfg.wandb.entity, config=config_to_dict(cfg), run_id=run_id)
+    log.info("%d training / %d validation files; device %s, precision %s; generator %.2fM params, "
+             "discriminators %.2fM", len(train_files), len(val_files), dev, trainer.precision,
+             sum(p.numel() for p in trainer.generator.parameters()) / 1e6,
+             sum(p.numel() for p in trainer.discriminators.parameters()) / 1e6)
+    last_checkpoint: Optional[str] = None
+
+    def save(val_loss: Optional[float]) -> None:
+        nonlocal last_checkpoint
+        state = trainer.state_dict()
+        state["wandb_run_id"] = logger.run_id
+        last_checkpoint = manager.save(state, trainer.step, val_loss)
+        log.info("saved %s", last_checkpoint)
+        if cfg.wandb.log_checkpoints:
+            logger.log_artifact(last_checkpoint, name="istftnet-checkpoint", type="model",
+                                aliases=[f"step-{trainer.step}"])
+
+    status = "finished"
+    bar = tqdm(total=t.max_steps, initial=trainer.step, desc="vocoder", dynamic_ncols=True)
+    last_time, last_step = time.time(), trainer.step
+    try:
+        with StopSignals() as signals:
+            # Seeded by the epoch reached: a resumed run draws fresh segments rather than a replay.
+            loader = make_loader(train_files, cfg, t.seed + trainer.epoch, dev.type == "cuda")
+            while trainer.step < t.max_steps and status == "finished":
+                for wav in loader:
+                    metrics = trainer.train_step(wav)
+                    bar.update(1)
+                    step = trainer.step
+                    if trainer.nonfinite.should_stop:
+                        save(None)
+                        log.error("%s; last good state saved to %s", trainer.nonfinite.message(step),
+                                  last_checkpoint)
+                        status = "nonfinite"
+                        break
+                    if "loss_g" in metrics and step % t.log_step == 0:
+                        now = time.time()
+                        metrics["steps_per_s"] = (step - last_step) / max(now - last_time, 1e-9)
+                        last_time, last_step = now, step
+                        logger.log({f"train/{k}": v for k, v in metrics.items()}, step)
+                        bar.set_postfix(mel=f"{metrics['loss_mel']:.3f}", g=f"{metrics['loss_g']:.2f}",
+                                        d=f"{metrics['loss_d']:.2f}")
+                    val_loss = None
+                    if val_files and (step % t.val_step == 0 or step == t.max_steps):
+                        val_loss, outputs = trainer.validate(val_files, t.val_max_seconds)
+                        logger.log({"val/mel_l1": val_loss}, step)
+                        log.info("step %d: val mel L1 %.4f", step, val_loss)
+                        _log_samples(logger, output_dir, outputs, step, cfg.audio.sampling_rate,
+                                     with_real=step == t.val_step)
+                    if step % t.save_step == 0 or step == t.max_steps:
+                        save(val_loss)
+                    if signals.requested:
+                        if last_checkpoint is None or not last_checkpoint.endswith(checkpoint_name(trainer.step)):
+                            save(None)
+                        status = "interrupted"
+                        break
+                    if step >= t.max_steps:
+                        break
+                else:
+                    trainer.epoch += 1
+    finally:
+        bar.close()
+        logger.finish()
+
+    export_dir = None
+    if status == "finished" and export:
+        export_dir = os.path.join(output_dir, "export")
+        best = manager.best_path
+        if best is not None:  # the best validated weights, like the other recipes
+            trainer.load_state_dict(load_checkpoint(best, map_location=dev), best)
+            log.info("exporting the best checkpoint (step %d, val mel L1 %.4f)", trainer.step, manager.best_loss)
+        for path in trainer.export(export_dir):
+            log.info("wrote %s", path)
+    return VocoderResult(status, trainer, export_dir, last_checkpoint)
