@@ -267,8 +267,8 @@ def _keep_period(m: re.Match, words: str) -> str:
 def _spaced(m: re.Match, words: str) -> str:
     """Words for a match, with a space where the match touches a letter ("MP3" -> "MP three")."""
     s = m.string
-    left = " " if m.start() > 0 and s[m.start() - 1].isalpha() else ""
-    right = " " if m.end() < len(s) and s[m.end()].isalpha() else ""
+    left = " " if m.start() > 0 and s[m.start() - 1].isalnum() else ""
+    right = " " if m.end() < len(s) and s[m.end()].isalnum() else ""
     return left + words + right
 
 
@@ -551,6 +551,8 @@ def _roman_after_name(m: re.Match) -> str:
     numeral = m.group("num")
     if not _ROMAN_VALID.match(numeral) or numeral in ("I", "X"):
         return m.group(0)
+    if len(numeral) == 1 and re.match(r"\.\s+[A-Z]", m.string[m.end():]):
+        return m.group(0)  # a middle initial: "Mary V. Smith"
     return f"{m.group('name')} the {ordinal(_roman_value(numeral))}"
 
 
@@ -669,6 +671,10 @@ def _upper_word(m: re.Match) -> str:
 _KEEP_NON_ASCII = {"£", "€", "¥", "¢", "°", "²", "³"}
 _FRACTION_CHARS = {"½": "1/2", "⅓": "1/3", "⅔": "2/3", "¼": "1/4", "¾": "3/4", "⅕": "1/5", "⅛": "1/8",
                    "⅜": "3/8", "⅝": "5/8", "⅞": "7/8"}
+_SIGN_WORDS = {"\u00d7": " times ", "\u00f7": " divided by ", "\u00b1": " plus or minus ", "\u221e": " infinity ",
+               "\u2248": " approximately ", "\u2260": " is not equal to ", "\u2264": " less than or equal to ",
+               "\u2265": " greater than or equal to "}
+_LONE_SIGNS = {"£": " pounds ", "€": " euros ", "¥": " yen ", "¢": " cents "}
 _NON_ASCII_RE = re.compile(r"[^\x00-\x7f]")
 
 
@@ -680,9 +686,9 @@ def _ascii(m: re.Match) -> str:
         return " " + _FRACTION_CHARS[c]
     if c == "\u2212":  # minus sign
         return "-"
-    if c == "\u00d7":  # multiplication sign
-        return " times "
-    return unidecode(c)
+    if c in _SIGN_WORDS:
+        return _SIGN_WORDS[c]
+    return unidecode(c) or c  # a character unidecode cannot spell is kept (and counted), not dropped
 
 
 def _c(pattern: str, flags: int = 0) -> re.Pattern:
@@ -715,8 +721,19 @@ _PASSES: list[_Pass] = [
     (_c(rf"\b(?P<day>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?(?P<month>{_MONTH_RE})(?![\w])"
         r"(?:(?P<comma>,?)\s+(?P<year>\d{4})\b)?"), _day_month),
     (_c(rf"\b(?P<month>{_MONTH_RE})(?P<comma>,?)\s+(?P<year>\d{{4}})\b"), _month_year),
+    # decades, eras, year ranges
+    (_c(r"(?<![\w.,])(\d{3}0)'?s\b"), _decade4),
+    (_c(r"(?<![\w.,])'?([1-9]0)'?s\b"), _decade2),
+    (_c(r"(?<![\w.,-])(1[1-9]\d\d|20\d\d)\s?-\s?(\d\d)(?![\w]|[.,]\d)"), _year_short_range),
+    (_c(r"(?<![\w.,])(?P<n>\d{1,4})\s?(?P<era>BCE|BC|CE|AD|B\.C\.E\.|B\.C\.|C\.E\.|A\.D\.)(?![A-Za-z])"), _era),
+    (_c(r"\b(?:AD|A\.D\.)\s?(\d{1,4})\b"), _era_before),
+    # ranges between numbers: "5-10" -> "5 to 10" (the numbers are read below); "$5-10" -> "5 to $10"
+    (_c(rf"([$€£¥])({_NUM})\s?[-–]\s?\1?(?=\d)"), lambda m: f"{m.group(2)} to {m.group(1)}"),
+    (_c(r"(?<=\d)\s?-\s?(?=[$€£]?\d)|(?<=\d)\s?–\s?(?=[$€£]?-?\d)"), lambda m: " to "),
+    (_c(r"(?<=\d%)\s?-\s?(?=\d)"), lambda m: " to "),
+    (_c(r"(?<=[AaPp][Mm])\s?[-–]\s?(?=\d)|(?<=°[CF])\s?[-–]\s?(?=-?\d)"), lambda m: " to "),
     # times
-    (_c(r"(?<![\w:.])(?P<h>\d{1,2})(?::(?P<mm>\d{2}))?\s?(?P<ap>[AaPp])\.?[Mm](?![A-Za-z])\.?"), _clock_ampm),
+    (_c(r"(?<![\w:.])(?P<h>\d{1,2})(?:[:.](?P<mm>\d{2}))?\s?(?P<ap>[AaPp])\.?[Mm](?![A-Za-z])\.?"), _clock_ampm),
     (_c(r"(?<![\w:.])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\w:]|\.\d)"), _clock),
     (_c(r"(?<![\w:.])(\d+):(\d+)(?![\w:]|\.\d)"), lambda m: f"{number(m.group(1))} to {number(m.group(2))}"),
     # money (ISO codes first become their signs)
@@ -726,15 +743,6 @@ _PASSES: list[_Pass] = [
         rf"|(?P<scale_abbr>{_SCALE_ABBR})(?![A-Za-z]))?"), _money),
     (_c(rf"{_NUM_START}(?P<neg>-)?(?P<amt>{_NUM})(?:\s+(?P<scale_word>{_SCALE_WORDS}))?\s?(?P<sym2>[€£¢])"
         r"(?P<sym>)(?P<scale_abbr>)"), _money),
-    # decades, eras, year ranges
-    (_c(r"(?<![\w.,])(\d{3}0)'?s\b"), _decade4),
-    (_c(r"(?<![\w.,])'?([1-9]0)'?s\b"), _decade2),
-    (_c(r"(?<![\w.,-])(1[1-9]\d\d|20\d\d)\s?-\s?(\d\d)(?![\w]|[.,]\d)"), _year_short_range),
-    (_c(r"(?<![\w.,])(?P<n>\d{1,4})\s?(?P<era>BCE|BC|CE|AD|B\.C\.E\.|B\.C\.|C\.E\.|A\.D\.)(?![A-Za-z])"), _era),
-    (_c(r"\b(?:AD|A\.D\.)\s?(\d{1,4})\b"), _era_before),
-    # ranges between numbers: "5-10" -> "5 to 10" (the numbers are read below)
-    (_c(r"(?<=\d)\s?-\s?(?=[$€£]?\d)|(?<=\d)\s?–\s?(?=[$€£]?-?\d)"), lambda m: " to "),
-    (_c(r"(?<=\d%)\s?-\s?(?=\d)"), lambda m: " to "),
     # numbers with units, percentages
     (_c(rf"(?<![\w.,])(?P<neg>-)?(?P<amt>{_NUM})\s?%"), _percent),
     (_c(rf"(?<![\w.,])(?P<neg>-)?(?P<amt>{_NUM})\s?(?P<unit>{_UNIT_RE})(?<!in\.)(?![A-Za-z\d/])(?:\.(?=\s+[a-z\d]))?"), _unit),
@@ -759,7 +767,7 @@ _PASSES: list[_Pass] = [
     (_c(rf"\b(?P<cue>(?i:{_ROMAN_CUES}))(?P<sp>\s+)(?P<num>[IVXLC]+)\b(?!['’-])"), _roman_after_cue),
     (_c(r"\b(?P<name>[A-Z][a-z]+)\s+(?P<num>[IVX]+)\b(?![.'’-]\w)"), _roman_after_name),
     # abbreviations
-    (_c(r"(?<![\w.])(?:e\.g\.|i\.e\.|a\.k\.a\.|et al\.|eg\.|ie\.|cf\.|viz\.|vs\.?|v\.(?=\s)|w/o|w/(?=\s)|"
+    (_c(r"(?<![\w.])(?:e\.g\.|i\.e\.|a\.k\.a\.|et al\.|eg\.|ie\.|cf\.|viz\.|vs\.?|(?-i:v\.)(?=\s)|w/o|w/(?=\s)|"
         r"and/or|he/she|his/her|him/her|s/he)(?!\w)", re.IGNORECASE), _latin),
     (_c(r"\b(?P<abbr>St|Dr|Ft|Mt)\b\.?"), _street_or_title),
     (_c(r"\b(" + "|".join(_TITLES) + r")\b\.?(?=\s+[A-Z])"), _title),
@@ -807,7 +815,7 @@ def normalize(text: str) -> str:
     text = _NON_ASCII_RE.sub(_ascii, text)
     for pattern, replace in _PASSES:
         text = pattern.sub(replace, text)
-    text = _NON_ASCII_RE.sub(lambda m: unidecode(m.group(0)), text)  # a currency sign without an amount
+    text = _NON_ASCII_RE.sub(lambda m: _LONE_SIGNS.get(m.group(0)) or unidecode(m.group(0)) or m.group(0), text)
     text = text.lower()
     text = _SPACE_RE.sub(" ", text).strip()
     text = _SPACE_BEFORE_PUNCT_RE.sub(r"\1", text)
