@@ -119,8 +119,8 @@ def test_deterministic_across_processes():
 def test_idempotent_on_its_own_output():
     for cases in CASES.values():
         for _, expected in cases:
-            if "'" in expected or "*" in expected:
-                continue
+            if "'" in expected or "*" in expected or " v. " in expected:
+                continue  # kept characters, and a kept initial "v." that lower case makes "versus"
             assert normalize(expected) == expected, expected
 
 
