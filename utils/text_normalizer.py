@@ -22,6 +22,8 @@ Readings chosen where English is ambiguous (each is covered by ``tests/utils/nor
 * Roman numerals after a counting word (``Chapter IV``, ``World War II``, ``Super Bowl LVII``) are
   cardinals; after a capitalised name (``Henry VIII``) "the" + ordinal. A lone ``I`` or ``X`` after a
   name is left alone (the pronoun, "Malcolm X").
+* A measure after "a"/"an" is an adjective and takes the singular ("a 2TB drive" -> "a two terabyte
+  drive"); otherwise units agree with the number ("1 kg", "1.5 kilograms").
 * Upper-case words are read letter by letter when they have no vowel or are known initialisms
   (``FBI``, ``BBC``, ``U.S.``); otherwise as a word (``NASA``, ``STOP``).
 
@@ -485,7 +487,9 @@ def _signed(sign: str | None, amount: str) -> str:
 def _unit(m: re.Match) -> str:
     one, many = _UNITS[m.group("unit")]
     amount = m.group("amt")
-    words = f"{_signed(m.group('neg'), amount)} {one if amount == '1' else many}"
+    # "a 2TB drive", "a 90° angle": a measure used as an adjective takes the singular
+    attributive = _previous_word(m) in ("a", "an") and not m.group("neg")
+    words = f"{_signed(m.group('neg'), amount)} {one if amount == '1' or attributive else many}"
     return _spaced(m, words)
 
 
@@ -744,6 +748,8 @@ _PASSES: list[_Pass] = [
     (_c(rf"{_NUM_START}(?P<neg>-)?(?P<amt>{_NUM})(?:\s+(?P<scale_word>{_SCALE_WORDS}))?\s?(?P<sym2>[€£¢])"
         r"(?P<sym>)(?P<scale_abbr>)"), _money),
     # numbers with units, percentages
+    (_c(r"(?<![\w.])(\d+)\s?(?:ft|feet)\.?\s+(\d+)\s?in(?:ches)?\b\.?"),
+     lambda m: f"{cardinal(int(m.group(1)))} feet {cardinal(int(m.group(2)))} inch{'' if m.group(2) == '1' else 'es'}"),
     (_c(rf"(?<![\w.,])(?P<neg>-)?(?P<amt>{_NUM})\s?%"), _percent),
     (_c(rf"(?<![\w.,])(?P<neg>-)?(?P<amt>{_NUM})\s?(?P<unit>{_UNIT_RE})(?<!in\.)(?![A-Za-z\d/])(?:\.(?=\s+[a-z\d]))?"), _unit),
     (_c(rf"(?<![\w.,])(?P<neg>-)?(?P<amt>{_NUM})\s?(?P<unit>in\.)(?=\s+[a-z\d]|\s*$)"), _unit),
