@@ -26,9 +26,12 @@ function the pre-encoder and vocoder were trained with. Silence trimming is off 
 clip of N samples gives N // hop tokens.
 
 The split is deterministic: utterances are ordered by a hash of their key and the first
-``val_fraction`` of them (at least one) go to ``val``. Reruns skip every utterance whose ``.pt``
-already exists (files are written under a temporary name and renamed, so an interrupted run
-leaves no half-written file) and never rewrite it. Per-file problems (missing or unreadable WAV,
+``val_fraction`` of them (at least one) go to ``val``. Every ``.pt`` carries a ``fingerprint`` of
+its inputs (the text and its normalised ids, the audio file's bytes, the speaker id, and the
+settings: audio, trimming, the pre-encoder's weights, the BERT model). Reruns keep a file whose
+fingerprint still matches and never rewrite it; they redo one whose text, audio or settings changed
+and replace one that cannot be read (files are written under a temporary name and renamed, so an
+interrupted run leaves no half-written file). Per-file problems (missing or unreadable WAV,
 empty or unspeakable text, a CSV row with the wrong number of fields) are reported with the file
 and line, counted, and the run ends with a summary.
 """
@@ -272,6 +275,38 @@ def _load_manifest(path: str) -> dict[str, dict]:
     return records
 
 
+def _settings_fingerprint(audio: AudioConfig, trim: bool, pre_encoder_dir: str, bert_model: Optional[str]) -> str:
+    """What every output depends on besides its own text and audio (the pre-encoder by content)."""
+    h = hashlib.sha256(json.dumps({"audio": asdict(audio), "trim": trim, "bert": bert_model}, sort_keys=True).encode())
+    for name in ("model_cpu.pt", "model_config.yaml"):
+        path = os.path.join(pre_encoder_dir, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()
+
+
+def _fingerprint(settings: str, row: Row, token_ids: list[int], speaker_id: int) -> str:
+    """Fingerprint of one output: settings + text (raw and normalised ids) + audio bytes + speaker id."""
+    h = hashlib.sha256(settings.encode())
+    h.update(json.dumps([row.raw_text, row.text, list(token_ids), speaker_id]).encode())
+    if os.path.isfile(row.wav_path):
+        with open(row.wav_path, "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()
+
+
+def _stored_fingerprint(path: str) -> Optional[str]:
+    """The fingerprint in a finished file; "" if it has none (older runs); None if it cannot be read."""
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(d, dict) or "mel" not in d or "text" not in d:
+            return None
+    except Exception:  # truncated, foreign or corrupt: replaced
+        return None
+    return str(d.get("fingerprint", ""))
+
+
 def _record_from_file(path: str, row: Row, split: str, spk_id: int, audio: AudioConfig, downsample: int) -> dict:
     """Manifest entry of a finished file that the manifest lacks (a run killed between the two writes).
 
@@ -332,6 +367,9 @@ def preprocess(
     spk_map = speaker_ids(output_dir, [r.speaker for r in good])
     manifest_path = os.path.join(output_dir, "manifest.jsonl")
     previous = _load_manifest(manifest_path)
+    settings_fp = _settings_fingerprint(audio, trim, pre_encoder_dir, bert_model)
+    fingerprints = {r.key: _fingerprint(settings_fp, r, tokens[r.key], spk_map[r.speaker]) for r in good}
+    redone = {"changed": 0, "unreadable": 0}
 
     records: list[dict] = []
     todo: list[Row] = []
@@ -339,11 +377,19 @@ def preprocess(
         split = "val" if row.key in val_keys else "train"
         done = [os.path.join(output_dir, s, row.key + ".pt") for s in ("train", "val")]
         existing = next((p for p in done if os.path.isfile(p)), None)
+        if existing is not None:
+            stored = _stored_fingerprint(existing)
+            if stored != fingerprints[row.key]:  # text, audio or settings changed, or unreadable: redo
+                redone["unreadable" if stored is None else "changed"] += 1
+                for p in done:
+                    if os.path.isfile(p):
+                        os.remove(p)
+                existing = None
         if existing is None:
             todo.append(row)
             continue
         old_split = os.path.basename(os.path.dirname(existing))
-        if row.key in previous:
+        if row.key in previous and previous[row.key].get("fingerprint") == fingerprints[row.key]:
             records.append(previous[row.key])
         else:
             records.append(_record_from_file(existing, row, old_split, spk_map[row.speaker], audio, pre.downsample))
@@ -367,7 +413,7 @@ def preprocess(
                 for j, (row, item) in enumerate(ok):
                     split = "val" if row.key in val_keys else "train"
                     sample = {"text": torch.tensor(tokens[row.key], dtype=torch.long), "mel": codes[j],
-                              "speaker": spk_map[row.speaker]}
+                              "speaker": spk_map[row.speaker], "fingerprint": fingerprints[row.key]}
                     if emotions is not None:
                         sample["emotion"] = emotions[j].clone()  # clone: do not save the batch's storage
                     _save_atomic(sample, os.path.join(output_dir, split, row.key + ".pt"))
@@ -375,13 +421,14 @@ def preprocess(
                            "speaker_id": spk_map[row.speaker], "text": row.text, "wav": row.wav_path,
                            "seconds": round(item["seconds"], 4), "frames": int(item["mel"].shape[0]),
                            "tokens": int(codes[j].numel()), "chars": len(tokens[row.key]),
-                           "mel_l1": round(mel_l1[j], 5)}
+                           "mel_l1": round(mel_l1[j], 5), "fingerprint": fingerprints[row.key]}
                     manifest.write(json.dumps(rec) + "\n")
                     records.append(rec)
                 manifest.flush()
             bar.update(len(batch))
 
     report = build_report(records, problems, unknown, spk_map, layout, skipped)
+    report["redone"] = redone  # outputs whose inputs changed, and unreadable outputs replaced
     report["normalizer"] = {"version": NORMALIZER_VERSION, "sentences": len(good), "changed": changed,
                             "changed_share": round(changed / max(len(good), 1), 4)}
     report["settings"] = {"config": config_path, "pre_encoder_dir": pre_encoder_dir, "bert_model": bert_model,

@@ -68,7 +68,8 @@ def test_ljspeech_files_match_the_dataset_format_and_the_one_mel_function(corpus
         utt_id, _text, norm = row.split("|")
         (path,) = [p for p in (out / "train" / f"{utt_id}.pt", out / "val" / f"{utt_id}.pt") if p.exists()]
         d = load(path)
-        assert set(d) == {"text", "mel", "speaker"}  # no emotion without --bert_model, nothing extra
+        assert set(d) == {"text", "mel", "speaker", "fingerprint"}  # no emotion without --bert_model
+        assert isinstance(d["fingerprint"], str) and len(d["fingerprint"]) == 64  # inputs' sha256
         assert d["text"].dtype == torch.long and d["text"].tolist() == tok.encode(norm)
         wav = load_wav(corpus / "wavs" / f"{utt_id}.wav", audio.sampling_rate)
         assert d["mel"].dtype == torch.long and d["mel"].dim() == 1
@@ -103,6 +104,40 @@ def test_rerun_skips_finished_files_and_only_redoes_missing_ones(corpus, pre_dir
     seconds = sum(sf.info(str(p)).duration for p in (corpus / "wavs").glob("*.wav"))
     assert report["total_hours"] * 3600 == pytest.approx(seconds, abs=0.07)  # < one hop per clip + rounding
     assert report["preencoder_mel_l1"]["count"] == 0  # unknown for files finished by an earlier run
+
+
+def test_rerun_redoes_outputs_whose_text_audio_or_settings_changed_and_replaces_unreadable_ones(
+    corpus, pre_dir, tmp_path
+):
+    # Before: a transcript edit kept the stale .pt (old text), and a truncated .pt counted as done.
+    import shutil
+
+    src = tmp_path / "ljs"
+    shutil.copytree(corpus, src)
+    out = tmp_path / "out"
+    run(src, out, pre_dir, val_fraction=0.25)
+    files = {p.stem: p for p in out.glob("*/*.pt")}
+    stamps = {k: p.stat().st_mtime_ns for k, p in files.items()}
+    rows = (src / "metadata.csv").read_text().splitlines()
+    edited_id = rows[0].split("|")[0]
+    rows[0] = f"{edited_id}|The blue kite rose over the hill.|The blue kite rose over the hill."
+    (src / "metadata.csv").write_text("\n".join(rows) + "\n")
+    truncated = files[rows[1].split("|")[0]]
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    audio_id = rows[2].split("|")[0]
+    wav, sr = sf.read(str(src / "wavs" / f"{audio_id}.wav"), dtype="float32")
+    sf.write(str(src / "wavs" / f"{audio_id}.wav"), wav[: len(wav) // 2], sr)
+
+    report = run(src, out, pre_dir, val_fraction=0.25)
+    assert report["redone"] == {"changed": 2, "unreadable": 1}
+    assert report["utterances"]["skipped_existing"] == 1
+    assert load(files[edited_id])["text"].tolist() == CharTokenizer().encode("The blue kite rose over the hill.")
+    assert load(truncated)["mel"].numel() > 0
+    assert load(files[audio_id])["mel"].numel() == len(wav[: len(wav) // 2]) // 256
+    kept = rows[3].split("|")[0]
+    assert files[kept].stat().st_mtime_ns == stamps[kept]  # unchanged inputs: never rewritten
+    # A changed setting (here trimming) redoes everything.
+    assert run(src, out, pre_dir, val_fraction=0.25, trim=True)["redone"] == {"changed": 4, "unreadable": 0}
 
 
 def test_split_is_deterministic_independent_of_order_and_never_empty():
@@ -229,4 +264,4 @@ def test_bert_adds_an_emotion_vector_of_the_encoder_width(corpus, pre_dir, tmp_p
     run(data, tmp_path / "out", pre_dir, val_fraction=0.0, bert_model=find_packaged_minilm())
     d = load(tmp_path / "out" / "train" / "EL_0001.pt")
     assert d["emotion"].dtype == torch.float32 and d["emotion"].shape == (384,)
-    assert set(d) == {"text", "mel", "speaker", "emotion"}
+    assert set(d) == {"text", "mel", "speaker", "emotion", "fingerprint"}
