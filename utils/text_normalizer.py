@@ -703,7 +703,9 @@ _CURRENCY_SYMS = r"[$€£¥]"
 _SCALE_WORDS = r"thousand|million|billion|trillion"
 _SCALE_ABBR = r"mn|bn|tn|[kKmMbB]"
 
-_PASSES: list[_Pass] = [
+# Groups of passes in order; a group marked True can only match text that has a digit, and is
+# skipped for the many sentences that have none.
+_PASSES: list[tuple[bool, list[_Pass]]] = [(False, [
     # addresses first: their dots, dashes and digits are not sentences or numbers
     (_c(r"[\w.+-]+@[A-Za-z\d-]+(?:\.[A-Za-z\d-]+)+"), _email),
     (_c(r"(?:https?://)?www\.[\w-]+(?:\.[\w-]+)+(?:/[\w./-]*)?|https?://[\w-]+(?:\.[\w-]+)+(?:/[\w./-]*)?"
@@ -712,6 +714,7 @@ _PASSES: list[_Pass] = [
     (_c(r"(?<![<>=-])<(?=\s?-?\d)|\s<\s"), lambda m: " less than "),
     (_c(r"(?<![<>=-])>(?=\s?-?\d)|\s>\s"), lambda m: " greater than "),
     (_c(r"~(?=\s?\d)"), lambda m: " about "),
+]), (True, [
     # phone numbers: +CC groups, 1-800-..., (555) 123-4567, 555-123-4567, 555.123.4567, 555-0199
     (_c(r"(?<![\w+])(?P<plus>\+)(?P<body>\d{1,3}(?:[\s.-]\(?\d{1,4}\)?){2,5})(?![\w-])"), _phone),
     (_c(r"(?<![\w+-])(?P<plus>)(?P<body>0\d{2,4}[\s-]\d{3,4}[\s-]\d{4})(?![\w-]|\.\d)"), _phone),
@@ -767,6 +770,7 @@ _PASSES: list[_Pass] = [
     (_c(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(st|nd|rd|th|ST|ND|RD|TH)\b"), _ordinal),
     # four-digit numbers: years or counts
     (_c(r"(?<![\w.,-])\d{4}(?![\w%]|[.,]\d)"), _bare_four_digits),
+]), (False, [
     # Roman numerals
     (_c(r"\bWW(?:II|2)\b"), lambda m: "world war two"),
     (_c(r"\bWW(?:I|1)\b"), lambda m: "world war one"),
@@ -797,15 +801,18 @@ _PASSES: list[_Pass] = [
     (_c(r"³"), lambda m: " cubed "),
     (_c(r"[\[{]"), lambda m: "("),
     (_c(r"[\]}]"), lambda m: ")"),
+]), (True, [
     # what is left of numbers
     (_c(r"(?<![\w.])-(?=\.?\d)"), lambda m: "minus "),
     (_c(r"\d{10,}"), lambda m: _spaced(m, digits(m.group(0)))),  # identifiers, card numbers
     (_c(_NUM), lambda m: _spaced(m, number(m.group(0)))),
+]), (False, [
     # initialisms
     (_c(r"Ph\.D\.|PhD|\bOK\b|\biOS\b|\bTVs\b"), lambda m: _MIXED_CASE[m.group(0)]),
     (_c(r"(?<![\w.])(?:[A-Za-z]\.){2,}(?!\w)"), _dotted_initialism),
     (_c(r"\b([A-Z]{2,6})(s)?\b"), _upper_word),
-]
+])]
+_DIGIT_RE = re.compile(r"\d")
 
 _SPACE_RE = re.compile(r"\s+")
 _SPACE_BEFORE_PUNCT_RE = re.compile(r"\s+([.,!?;:)])")
@@ -819,8 +826,12 @@ def normalize(text: str) -> str:
     'the file is two hundred fifty megabytes; call five five five, oh one nine nine at ten thirty a m.'
     """
     text = _NON_ASCII_RE.sub(_ascii, text)
-    for pattern, replace in _PASSES:
-        text = pattern.sub(replace, text)
+    has_digit = _DIGIT_RE.search(text) is not None  # passes only ever remove digits
+    for needs_digit, passes in _PASSES:
+        if needs_digit and not has_digit:
+            continue
+        for pattern, replace in passes:
+            text = pattern.sub(replace, text)
     text = _NON_ASCII_RE.sub(lambda m: _LONE_SIGNS.get(m.group(0)) or unidecode(m.group(0)) or m.group(0), text)
     text = text.lower()
     text = _SPACE_RE.sub(" ", text).strip()
