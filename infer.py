@@ -33,6 +33,8 @@ from pipeline import PipelineError, build_synthesizer
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError
 
+DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog."  # when neither --text nor --text_file is given
+
 
 class InferError(ValueError):
     """A user input infer.py cannot work with (the message says which and why)."""
@@ -40,10 +42,13 @@ class InferError(ValueError):
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, or a ckpt/ directory (newest file)")
+    p.add_argument("--checkpoint", required=True,
+                   help="inference export (export/echolancer.pt or its directory), a checkpoint file, or a ckpt/ "
+                        "directory (newest file)")
     p.add_argument("--model_config", default=None, help="model YAML; only for raw state dicts")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", action="append", help="a sentence to speak (repeat for several)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", action="append",
+                     help=f"a sentence to speak (repeat for several); default: {DEFAULT_TEXT!r}")
     src.add_argument("--text_file", help="UTF-8 file, one sentence per line (blank lines skipped)")
     p.add_argument("--speaker_id", type=int, default=0, help="speaker id of a multi-speaker model")
     p.add_argument("--reference_tokens", default=None,
@@ -71,6 +76,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def read_texts(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """The sentences and, for error messages, where each came from."""
+    if args.text is None and args.text_file is None:
+        args.text = [DEFAULT_TEXT]
     if args.text is not None:
         texts = [t.strip() for t in args.text]
         where = [f"--text #{i + 1}" for i in range(len(texts))]
@@ -245,6 +252,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     try:
         return run(args)
     except (InferError, CheckpointError, ConfigError, PipelineError) as e:
+        if getattr(e, "bug", False):  # a stage failed unexpectedly: keep the traceback
+            raise
         # Expected user errors: one clear line, no traceback.
         sys.exit(f"infer.py: error: {e}")
 

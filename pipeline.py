@@ -38,11 +38,26 @@ log = logging.getLogger(__name__)
 
 
 class PipelineError(RuntimeError):
-    """A stage of the chain failed; ``stage`` names it (tokenizer, bert, echolancer, pre-encoder, vocoder)."""
+    """A stage of the chain failed; ``stage`` names it (tokenizer, bert, echolancer, pre-encoder, vocoder).
 
-    def __init__(self, stage: str, message: str) -> None:
+    ``bug`` is True when it wraps an unexpected exception (kept as ``__cause__``): command lines
+    then show the traceback and exit 1 instead of printing one line as for bad input.
+    """
+
+    def __init__(self, stage: str, message: str, bug: bool = False) -> None:
         super().__init__(f"[{stage}] {message}")
         self.stage = stage
+        self.bug = bug
+
+
+# What a stage raises for bad input (a missing or corrupt file, a value it cannot take); anything
+# else escaping a stage is a bug and keeps its traceback.
+_INPUT_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
+
+
+def _wrap(stage: str, e: Exception, loading: bool = False) -> PipelineError:
+    expected = _INPUT_ERRORS + ((RuntimeError,) if loading else ())  # torch reports corrupt files so
+    return PipelineError(stage, f"{type(e).__name__}: {e}", bug=not isinstance(e, expected))
 
 
 @dataclass
@@ -213,14 +228,14 @@ class Synthesizer:
         try:
             em = self._emotion(list(texts))
         except Exception as e:
-            raise PipelineError("bert", f"{type(e).__name__}: {e}") from e
+            raise _wrap("bert", e) from e
         try:
             res = self.model.infer(
                 None if spk is None else spk.to(model_dev), ids.to(model_dev), src_lens.to(model_dev),
                 em_hidden=em.to(model_dev), **gen_kwargs,
             )
         except Exception as e:
-            raise PipelineError("echolancer", f"{type(e).__name__}: {e}") from e
+            raise _wrap("echolancer", e) from e
         lengths = res.lengths.cpu()
         tokens = res.tokens.cpu()
 
@@ -232,13 +247,13 @@ class Synthesizer:
                 mels = self.pre_encoder.decode(clean, lengths).float()
                 frames = lengths * self.pre_encoder.downsample
             except Exception as e:
-                raise PipelineError("pre-encoder", f"{type(e).__name__}: {e}") from e
+                raise _wrap("pre-encoder", e) from e
         wavs: list[Optional[np.ndarray]] = [None] * len(texts)
         if mels is not None:
             try:
                 wavs = self._to_wav(mels, frames)
             except Exception as e:
-                raise PipelineError("vocoder", f"{type(e).__name__}: {e}") from e
+                raise _wrap("vocoder", e) from e
         elif self.pre_encoder is not None:  # every row stopped at once: empty audio, not an error
             wavs = [np.zeros(0, dtype=np.float32) for _ in texts]
 
@@ -276,7 +291,7 @@ def build_synthesizer(model, tokenizer: CharTokenizer, bert_model=None, pre_enco
         try:
             return loader(source)
         except Exception as e:
-            raise PipelineError(stage, f"{type(e).__name__}: {e}") from e
+            raise _wrap(stage, e, loading=True) from e
 
     def load_bert(path):
         from bertfe import BERTFrontEnd

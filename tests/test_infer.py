@@ -167,3 +167,28 @@ def test_front_ends_give_a_16_bit_wav_of_tokens_times_hop_samples(tmp_path):
     info = sf.info(str(out / "utt_0000.wav"))
     assert info.subtype == "PCM_16" and info.samplerate == 22050
     assert info.frames == meta["length"] * 256 and meta["length"] == 12
+
+
+def test_the_inference_export_alone_and_no_text_speaks_the_default_sentence(tmp_path):
+    # Before: `python infer.py --checkpoint CKPT` failed (no text), and there was no inference export.
+    from model.pretrained import export_echolancer, load_echolancer
+
+    save_checkpoint(tmp_path / "model.pt", step=5)
+    loaded = load_echolancer(tmp_path / "model.pt")
+    export_echolancer(loaded.model, loaded.model_config, loaded.tokenizer, str(tmp_path / "export"), loaded.step)
+    metas = run_infer("--checkpoint", str(tmp_path / "export"), "--output_dir", str(tmp_path / "out"))
+    assert [m["text"] for m in metas] == [infer.DEFAULT_TEXT]
+    assert metas[0]["checkpoint"].endswith("echolancer.pt") and metas[0]["checkpoint_step"] == 5
+
+
+def test_an_unexpected_failure_in_a_stage_keeps_its_traceback(tmp_path, monkeypatch):
+    # Before: every exception in the chain became one line ("infer.py: error: ..."), bugs included.
+    save_checkpoint(tmp_path / "model.pt")
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug in generation")
+
+    monkeypatch.setattr(Echolancer, "infer", broken)
+    with pytest.raises(infer.PipelineError, match="a bug in generation") as e:
+        run_infer("--checkpoint", str(tmp_path / "model.pt"), "--output_dir", str(tmp_path / "out"))
+    assert e.value.bug and isinstance(e.value.__cause__, TypeError)

@@ -358,11 +358,15 @@ def run_cli(body: Callable[[], int], extra_bad_input: Iterable[type[BaseExceptio
     traceback in the log (exit 1).
     """
     bad = bad_input_errors() + tuple(extra_bad_input)
+    log_ = logging.getLogger("echolancer")
     try:
         return body()
     except bad as e:
-        logging.getLogger("echolancer").error("error: %s", e)
+        if getattr(e, "bug", False):  # a PipelineError wrapping an unexpected exception
+            log_.exception("failed")
+            return EXIT_FAILURE
+        log_.error("error: %s", e)
         return EXIT_BAD_INPUT
     except Exception:
-        logging.getLogger("echolancer").exception("training failed")
+        log_.exception("failed")
         return EXIT_FAILURE
