@@ -40,6 +40,7 @@ from typing import Any, Optional
 import numpy as np
 import soundfile as sf
 import torch
+from tqdm import tqdm
 
 from data.corpus import discover
 from utils.asr import WhisperASR, score_waveforms
@@ -163,6 +164,7 @@ def model_clips(
     clips, spent = [], 0.0
     model_device = next(synth.model.parameters()).device
     generator = torch.Generator(device=model_device).manual_seed(seed)
+    bar = tqdm(total=len(jobs), desc="synthesise", unit="utt", file=sys.stderr)  # progress while it works
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start : start + batch_size]
         t0 = time.perf_counter()
@@ -174,6 +176,8 @@ def model_clips(
             if u.wav is None:
                 raise ConfigError("the pipeline produced no audio: evaluate.py needs --pre_encoder_dir")
             clips.append(Clip(text, _to_numpy(u.wav), int(u.sample_rate), exp, bool(u.hit_max_length), spk))
+        bar.update(len(batch))
+    bar.close()
     return clips, spent
 
 
@@ -275,6 +279,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     results: list[StageResult] = []
     samples: dict[str, list[Clip]] = {}  # a couple of clips per stage, for W&B
     for stage in wanted:
+        print(f"{stage}: ...", file=sys.stderr, flush=True)  # a line per stage as it starts, not only at the end
         t0 = time.perf_counter()
         if stage == "ground_truth":
             clips, spent = ground_truth_clips(refs, audio), None

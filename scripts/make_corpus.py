@@ -43,6 +43,7 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
+from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script from anywhere: make the repo's packages importable
@@ -200,7 +201,9 @@ def render_speaker(
     os.makedirs(wav_dir, exist_ok=True)
     renderer = None  # loaded lazily: a fully rendered folder needs no voice at all
     rows, rendered, skipped, seconds = [], 0, 0, 0.0
-    for i, text in enumerate(sentences, 1):
+    # Progress on stderr while it works (rendering a corpus takes minutes), not only a summary at the end.
+    bar = tqdm(sentences, desc=f"render {voice.name or 'corpus'}", unit="utt", file=sys.stderr, leave=True)
+    for i, text in enumerate(bar, 1):
         utt_id = f"{prefix}_{i:04d}"
         path = os.path.join(wav_dir, utt_id + ".wav")
         if os.path.exists(path):

@@ -78,8 +78,10 @@ def test_recordings_are_understood_and_noise_is_not(corpus, noise, tmp_path):
     assert hiss["stages"]["ground_truth"]["wer"] >= 0.9
 
 
-def test_ladder_scores_the_stages_it_has_components_for_and_names_the_rest(corpus, tmp_path):
+def test_ladder_scores_the_stages_it_has_components_for_and_names_the_rest(corpus, tmp_path, capsys):
     report = run("--ladder", "--reference_dir", str(corpus), "--output_dir", str(tmp_path / "ladder"))
+    err = capsys.readouterr().err
+    assert "ground_truth: ..." in err and "griffin_lim: ..." in err  # each stage announced as it starts
     assert list(report["stages"]) == ["ground_truth", "griffin_lim"]
     gl = report["stages"]["griffin_lim"]
     assert gl["wer"] < 0.6  # Griffin-Lim from the true mel stays intelligible
@@ -99,7 +101,7 @@ def _untrained_checkpoint(path) -> Echolancer:
     return model
 
 
-def test_model_stage_counts_stop_failures_and_length_ratio(corpus, tmp_path):
+def test_model_stage_counts_stop_failures_and_length_ratio(corpus, tmp_path, capsys):
     from model.preencoder import PreEncoder
     from train_preencoder import export_preencoder
     from utils.preencoder_config import PreEncoderConfig
@@ -113,6 +115,8 @@ def test_model_stage_counts_stop_failures_and_length_ratio(corpus, tmp_path):
                  "--max_length", "20", "--temperature", "0", "--batch_size", "2", "--speakers", "0", "1",
                  wandb="offline")
     assert list(report["stages"]) == ["ground_truth", "model"]
+    err = capsys.readouterr().err
+    assert "synthesise" in err and "4/4" in err  # synthesis progress while it runs
     model = report["stages"]["model"]
     assert report["checkpoint_step"] == 5
     assert model["utterances"] == 4  # two sentences x two speakers, in one batch of two at a time

@@ -38,6 +38,7 @@ def test_one_voice_writes_ljspeech_layout_and_a_rerun_keeps_existing_wavs(tmp_pa
     sentences.write_text("\n".join(SENTENCES) + "\n")
     out = tmp_path / "ljs"
     assert main(["--sentences", str(sentences), "--output_dir", str(out)]) == 0
+    assert "2/2" in capsys.readouterr().err  # progress while rendering, not only the final summary
     rows = (out / "metadata.csv").read_text().splitlines()
     assert rows == [f"EL_{i + 1:04d}|{s}|{normalize_text(s)}" for i, s in enumerate(SENTENCES)]
     assert "nine o'clock" in rows[1]  # the normalised column spells numbers out
