@@ -100,12 +100,18 @@ def choose_tokens(
     top_p: float,
     generator: Optional[torch.Generator],
 ) -> Tensor:
-    """(B, V) processed logits -> (B,) chosen ids: argmax when ``temperature == 0``, else sampled."""
+    """(B, V) processed logits -> (B,) chosen ids: argmax when ``temperature == 0``, else sampled.
+
+    Sampling uses the exponential race: argmax(p / E) with E ~ Exp(1) i.i.d. picks token i with
+    probability p_i, like ``torch.multinomial``, but without the host synchronisation that
+    ``multinomial`` makes on CUDA, so a step never waits for the device.
+    """
     if temperature == 0.0:
         return logits.argmax(dim=-1)
     logits = filter_top_k_top_p(logits / temperature, top_k, top_p)
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / race).argmax(dim=-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,22 +138,26 @@ class CudaGraphStep:
         device = state.cond.device
         self.tokens = torch.full((batch_size, 1), model.bos_id, dtype=torch.long, device=device)
         self.input_pos = torch.zeros(1, dtype=torch.long, device=device)
-        # Warm up on a side stream (cuBLAS handles, autocast weight casts) as CUDA graphs require.
-        # The junk it writes at cache position 0 is overwritten by the real step 0 before any read.
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                model.decode_step(self.tokens, self.input_pos, state)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits, self.stop = model.decode_step(self.tokens, self.input_pos, state)
+        # Everything below runs with the model's device current: capture uses the current
+        # device's streams, so on cuda:1 while cuda:0 is current it would capture nothing.
+        with torch.cuda.device(device):
+            # Warm up on a side stream (cuBLAS handles, autocast weight casts) as CUDA graphs
+            # require. The junk written at cache position 0 is overwritten by the real step 0.
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    model.decode_step(self.tokens, self.input_pos, state)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device)):
+                self.logits, self.stop = model.decode_step(self.tokens, self.input_pos, state)
 
     def __call__(self, tokens: Tensor, input_pos: Tensor, state: DecodeState) -> tuple[Tensor, Optional[Tensor]]:
         self.tokens.copy_(tokens)
         self.input_pos.copy_(input_pos)
-        self.graph.replay()
+        with torch.cuda.device(self.tokens.device):
+            self.graph.replay()
         # The outputs are overwritten by the next replay; callers consume them before that.
         return self.logits, self.stop
 

@@ -351,3 +351,15 @@ def test_bad_length_bounds_are_named(kwargs):
     spk, texts, lens = make_batch()
     with pytest.raises(ValueError, match=next(iter(kwargs)) if len(kwargs) == 1 else "max_tokens_per_text_token"):
         generate(model, spk, texts, lens, max_length=MAX_LEN, **kwargs)
+
+
+def test_sampling_draws_each_token_with_its_probability():
+    from model.generation import choose_tokens
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    logits = probs.clamp(min=1e-30).log().expand(40_000, -1)
+    g = torch.Generator().manual_seed(0)
+    picks = choose_tokens(logits, 1.0, 0, 1.0, g)
+    freq = torch.bincount(picks, minlength=5).float() / picks.numel()
+    assert torch.allclose(freq, probs, atol=0.01), freq  # 4 sigma at n = 40k is about 0.01
+    assert freq[4] == 0
