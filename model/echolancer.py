@@ -271,10 +271,15 @@ class Echolancer(nn.Module):
                 if speakers is None:
                     raise ValueError("this model is multi-speaker: pass speaker ids (B,)")
                 speakers = speakers.reshape(-1).long()
-                if speakers.numel() != batch_size or bool((speakers < 0).any() | (speakers >= self.cfg.n_speaker).any()):
+                out_of_range = (speakers < 0).any() | (speakers >= self.cfg.n_speaker).any()
+                if speakers.numel() != batch_size or (speakers.device.type == "cpu" and bool(out_of_range)):
                     raise ValueError(
                         f"speaker ids must be {batch_size} values in [0, {self.cfg.n_speaker}); got {speakers.tolist()}"
                     )
+                if speakers.device.type != "cpu":
+                    # Checked on the device: reading the flag back would stall every forward (the
+                    # datasets and the pipeline already validate ids on the host).
+                    torch._assert_async(~out_of_range, f"speaker ids must be in [0, {self.cfg.n_speaker})")
                 spk = spk + self.speaker_embed(speakers)
             if self.ref_encoder is not None:
                 if vq_tokens is None or vq_token_lens is None:
