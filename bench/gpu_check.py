@@ -88,14 +88,15 @@ def sync(device: torch.device) -> None:
 
 def check_cuda(device: torch.device, rep: Report) -> None:
     a = torch.randn(256, 256, device=device)
-    err = (a @ a.T - (a.cpu() @ a.cpu().T).to(device)).abs().max().item()
+    ref = (a.cpu().double() @ a.cpu().double().T).to(device)
+    err = ((a @ a.T).double() - ref).abs().max().item() / ref.abs().max().item()  # relative: TF32 is allowed
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
     cap = ".".join(map(str, torch.cuda.get_device_capability(device))) if device.type == "cuda" else "-"
     status = "PASS" if err < 1e-2 else "FAIL"
     if device.type != "cuda":
         status = "INFO"
     rep.add(status, "cuda", f"{name}, capability {cap}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
-                            f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} GPU(s), matmul error {err:.1e}")
+                            f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} GPU(s), matmul relative error {err:.1e}")
 
 
 def _decode_inputs(model: Echolancer, batch: int, text_len: int, device: torch.device):
@@ -364,7 +365,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     if "compile" not in inspect.signature(generate).parameters:
         print("INFO decode: generate() has no 'compile' flag in this version; the graph comparison will fail")
-    torch.set_float32_matmul_precision("high")
     rep = run_checks(args, device)
     return 1 if rep.failed else 0
 
