@@ -452,7 +452,8 @@ class ModelConfig:
         sentence from its reverse, and no current setting reproduces it.
         """
         section = raw.get("model")
-        if isinstance(section, dict) and section.get("use_alibi", True) and "encoder_position" not in section:
+        # Saved configs hold every key; a hand-written partial dict (no use_alibi) is not one.
+        if isinstance(section, dict) and section.get("use_alibi") is True and "encoder_position" not in section:
             raise ConfigError(
                 f"{source}: model.encoder_position is missing: this model was trained with the symmetric-ALiBi "
                 "text encoder of earlier versions, which cannot tell a sentence from its reverse, so it never "
