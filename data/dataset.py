@@ -395,9 +395,10 @@ class Collate:
     ``indices (B,)`` and, in ``vq_token_mode``, ``vq_tokens (B, R)`` / ``vq_token_lens (B,)``.
     BOS/EOS are not added here: the model frames the audio itself.
 
-    ``S`` and ``T`` are the longest text and audio rounded up to a multiple of ``pad_multiple``, so a
-    compiled model sees a handful of shapes rather than one per batch. The model masks positions at
-    and beyond ``src_lens`` / ``mel_lens`` (+1 for EOS), so the padding does not change its outputs.
+    ``S``, ``T`` (and ``R``) are the longest text and audio (and reference) rounded up to a multiple of
+    ``pad_multiple``, so a compiled model sees a handful of shapes rather than one per batch. The
+    model masks positions at and beyond the lengths (+1 for EOS), so the padding does not change
+    its outputs.
 
     Args:
         audio_pad_id: the model's ``pad_id`` (``codebook_size + 2``).
@@ -426,5 +427,5 @@ class Collate:
         }
         if "ref" in items[0]:
             # Padded positions are masked by the reference encoder; 0 is just a valid id.
-            batch["vq_tokens"], batch["vq_token_lens"] = _pad([it["ref"] for it in items], 0)
+            batch["vq_tokens"], batch["vq_token_lens"] = _pad([it["ref"] for it in items], 0, self.pad_multiple)
         return batch

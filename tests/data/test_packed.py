@@ -214,20 +214,25 @@ def test_invalid_files_are_never_cached(tmp_path, cfg, monkeypatch):
 # ---- collate padding -----------------------------------------------------------------------------------
 
 
-def test_padding_to_a_multiple_does_not_change_the_model_outputs(tmp_path, cfg):
+@pytest.mark.parametrize("vq", [False, True])
+def test_padding_to_a_multiple_does_not_change_the_model_outputs(tmp_path, vq):
     from model.echolancer import Echolancer
     from model.loss import EcholancerLoss
 
-    c = load_config("config/model_tiny.yaml", ["model.encoder.dropout=0.0", "model.decoder.dropout=0.0"])
-    create_dummy_data_files(str(tmp_path), c, n_files=3, min_text_len=7, max_text_len=13, seed=4)
+    over = ["model.encoder.dropout=0.0", "model.decoder.dropout=0.0"] + (["model.vq_token_mode=true"] if vq else [])
+    c = load_config("config/model_tiny.yaml", over)
+    create_dummy_data_files(str(tmp_path), c, n_files=4, min_text_len=7, max_text_len=13, seed=4)
     ds = EcholancerDataset(str(tmp_path), c)
     items = [ds[i] for i in range(3)]
     torch.manual_seed(0)
     model = Echolancer(c.model).eval()
     crit = EcholancerLoss()
     keys = ("speakers", "texts", "src_lens", "mels", "mel_lens", "em_hidden")
+    keys += ("vq_tokens", "vq_token_lens") if vq else ()
     exact, padded = Collate(model.pad_id, pad_multiple=1)(items), Collate(model.pad_id, pad_multiple=16)(items)
     assert padded["mels"].shape[1] % 16 == 0 and padded["mels"].shape[1] > exact["mels"].shape[1]
+    if vq:
+        assert padded["vq_tokens"].shape[1] % 16 == 0 and padded["vq_tokens"].shape[1] > exact["vq_tokens"].shape[1]
     with torch.no_grad():
         a = model(*[exact[k] for k in keys])
         b = model(*[padded[k] for k in keys])
