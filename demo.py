@@ -56,6 +56,7 @@ class CorpusProfile:
 class TrainerProfile:
     config: str = ""
     overrides: list[str] = field(default_factory=list)  # --set dotted.key=value
+    enabled: bool = True  # vocoder only: false = no vocoder stage; synthesis and the ladder use Griffin-Lim
 
 
 @dataclass
@@ -167,7 +168,8 @@ def plan(p: DemoProfile, work: str, wandb_mode: str) -> list[Step]:
              *sets(p.echolancer.overrides + [f"wandb.mode={wandb_mode}"])]
     e = p.evaluate
     evaluate = [py, _abs("evaluate.py"), "--reference_dir", corpus_eval, "--checkpoint",
-                os.path.join(el_dir, "export"), "--pre_encoder_dir", pre_export, "--istftnet_dir", voc_export,
+                os.path.join(el_dir, "export"), "--pre_encoder_dir", pre_export,
+                *(["--istftnet_dir", voc_export] if p.vocoder.enabled else []),
                 "--output_dir", os.path.join(work, "eval"), "--batch_size", str(e.batch_size),
                 "--max_length", str(e.max_length), "--temperature", str(e.temperature), "--top_k", str(e.top_k),
                 "--device", p.device, "--wandb_mode", wandb_mode]
@@ -177,7 +179,8 @@ def plan(p: DemoProfile, work: str, wandb_mode: str) -> list[Step]:
         # make_corpus.py and preprocess.py resume by themselves; the trainers start over.
         Step("corpus", corpus, [corpus_train, os.path.join(corpus_eval, "metadata.csv")]),
         Step("preencoder", [preencoder], [os.path.join(pre_export, "model_cpu.pt")], [pre_dir]),
-        Step("vocoder", [vocoder], [os.path.join(voc_export, "istft_cpu.pt")], [voc_dir]),
+        *([Step("vocoder", [vocoder], [os.path.join(voc_export, "istft_cpu.pt")], [voc_dir])] if p.vocoder.enabled
+          else []),
         Step("preprocess", [prep], [os.path.join(data, "qa_report.json")]),
         Step("echolancer", [train], [os.path.join(el_dir, "export", "echolancer.pt")], [el_dir]),
         Step("evaluate", [evaluate], [os.path.join(work, "eval", "eval_report.json")]),

@@ -21,7 +21,7 @@ theirs. ``--ladder`` scores the stages separately, so the one that loses intelli
     ground_truth   the recordings themselves (the ASR's own error floor)
     griffin_lim    Griffin-Lim from the true mel (no trained component)
     vocoder        the ISTFTNet vocoder from the true mel
-    round_trip     true mel -> pre-encoder tokens -> decoded mel -> vocoder
+    round_trip     true mel -> pre-encoder tokens -> decoded mel -> vocoder (Griffin-Lim without one)
     model          text -> Echolancer -> pre-encoder -> vocoder (the full chain)
 
 Stages whose components are not given are skipped with a note.
@@ -286,10 +286,13 @@ def evaluate(args: argparse.Namespace) -> dict:
         elif stage == "griffin_lim":
             clips, spent = mel_stage_clips(refs, audio, lambda m: griffin_lim(m[0], audio, n_iter=args.gl_iters))
         elif stage in ("vocoder", "round_trip"):
-            if vocoder is None or (stage == "round_trip" and pre is None):
-                notes.append(f"{stage}: skipped (needs {'--istftnet_dir' if vocoder is None else '--pre_encoder_dir'})")
+            if (stage == "vocoder" and vocoder is None) or (stage == "round_trip" and pre is None):
+                notes.append(f"{stage}: skipped (needs {'--istftnet_dir' if stage == 'vocoder' else '--pre_encoder_dir'})")
                 continue
-            make = (lambda m: vocoder(m)[0]) if stage == "vocoder" else (lambda m: _round_trip(pre, vocoder, m))
+            if stage == "round_trip" and vocoder is None:  # the codec alone: its decoded mel through Griffin-Lim
+                notes.append("round_trip: Griffin-Lim (no --istftnet_dir)")
+            voc = vocoder or (lambda m: griffin_lim(m, audio, n_iter=args.gl_iters))  # (1, C, T) -> (1, N)
+            make = (lambda m, v=voc: v(m)[0]) if stage == "vocoder" else (lambda m, v=voc: _round_trip(pre, v, m))
             clips, spent = mel_stage_clips(refs, audio, make)
         else:  # model
             if loaded is None:
