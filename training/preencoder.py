@@ -329,7 +329,7 @@ def train(cfg: PreEncoderConfig, data_dir: str, output_dir: str, resume: Optiona
                     break
 
                 if finite and step % t.log_step == 0:
-                    used = idx[~mask[:, 0]].unique().numel()
+                    used = idx[~model.token_mask(mask)[:, 0]].unique().numel()  # tokens: frames / downsample
                     metrics = {"train/loss": loss.item(), "train/l1": l1.item(), "train/l2": l2.item(),
                                "train/grad_norm": float(grad_norm), "train/lr": sched.get_last_lr()[0],
                                "train/codes_used": used, "train/code_usage": used / model.codebook_size,
