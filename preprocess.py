@@ -55,6 +55,7 @@ from data.corpus import LAYOUTS, Problem, Row, discover
 from utils.audio import check_same_audio, load_wav, mel_spectrogram
 from utils.char_tokenizer import CharTokenizer
 from utils.config import AudioConfig, ConfigError, load_config
+from utils.phonemes import make_tokenizer
 from utils.text_normalizer import NORMALIZER_VERSION, verbalises
 
 
@@ -355,7 +356,7 @@ def preprocess(
         bert.check_width(cfg.model.emotion_input_size, config_path)  # before hours of work, not after
 
     layout, rows, problems = discover(input_dir, layout)
-    tokenizer = CharTokenizer()
+    tokenizer = make_tokenizer(cfg.model.text_frontend)
     for d in ("train", "val"):
         os.makedirs(os.path.join(output_dir, d), exist_ok=True)
     tokenizer.save(os.path.join(output_dir, "tokenizer.json"))

@@ -46,12 +46,12 @@ from training.engine import (
     worker_init_fn,
 )
 from training.test_interval import TestInterval
-from utils.char_tokenizer import CharTokenizer
 from utils.checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
 from utils.config import ConfigError, ModelConfig, TrainConfig, config_to_dict
 from utils.distributed import DistInfo, all_gather_objects, all_reduce_max, all_reduce_sum
 from utils.early_stopping import EarlyStopping
 from utils.logger import Logger
+from utils.phonemes import make_tokenizer
 from utils.scheduler import build_scheduler
 
 log = logging.getLogger("echolancer.train")
@@ -103,7 +103,7 @@ class Trainer:
         self.device = dist_info.device
         self.precision = resolve_precision(tc.precision, self.device)
         self.ckpt_dir = os.path.join(paths.output_dir, "ckpt")
-        self.tokenizer = CharTokenizer()
+        self.tokenizer = make_tokenizer(model_cfg.model.text_frontend)
         if model_cfg.model.vocab_size < len(self.tokenizer):
             raise ConfigError(
                 f"model.vocab_size ({model_cfg.model.vocab_size}) must be >= the tokenizer's size "

@@ -101,6 +101,10 @@ class CharTokenizer:
 
     @classmethod
     def from_dict(cls, d: dict) -> CharTokenizer:
+        if d.get("frontend", "chars") == "phonemes" and cls is CharTokenizer:  # saved by utils/phonemes.py
+            from utils.phonemes import PhonemeTokenizer
+
+            return PhonemeTokenizer.from_dict(d)
         tok = cls(symbols=list(d["symbols"]), normalize=bool(d.get("normalize", True)))
         saved = d.get("normalizer_version")
         if tok.normalize and saved != NORMALIZER_VERSION:

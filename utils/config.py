@@ -299,6 +299,7 @@ class RefEncoderConfig:
 @dataclass
 class ModelSection:
     vocab_size: int = 100
+    text_frontend: Literal["chars", "phonemes"] = "chars"  # text ids: characters, or IPA (utils/phonemes.py)
     codebook_size: int = 1000
     mel_channels: int = 80
     emotion_input_size: int = 768
