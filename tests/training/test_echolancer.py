@@ -232,8 +232,15 @@ def test_a_test_interval_failure_under_ddp_saves_and_stops_every_rank(data, tmp_
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launcher)]
     cmd += cli(data, out, "training.max_steps=4", "training.test_step=2") + ["--device", "cpu"]
-    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
-    assert r.returncode != 0
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks: nothing left hanging
+        proc.communicate()
+        pytest.fail("the ranks hung after the test-interval failure")
+    assert proc.returncode != 0
     assert load_checkpoint(out / "ckpt")["step"] == 2  # the failing step's state is kept
     text = (out / "train.log").read_text()
     assert "test interval failed at step 2" in text and "vocoder" in text
