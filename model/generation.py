@@ -21,7 +21,7 @@ the loop. PAD and BOS are never chosen.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -176,6 +176,43 @@ def _cache_dtype(model: Echolancer, device: torch.device) -> torch.dtype:
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return model.head.weight.dtype
+
+
+# --------------------------------------------------------------------------------------------
+# Length bounds relative to the text
+# --------------------------------------------------------------------------------------------
+
+
+def length_ratio_stats(text_lens: Sequence[int], audio_lens: Sequence[int]) -> dict[str, float]:
+    """The training data's audio-per-text ratios, which training saves in checkpoints.
+
+    Args:
+        text_lens, audio_lens: per-utterance text tokens and codec tokens.
+    Returns:
+        ``{"min_tokens_per_text_token", "max_tokens_per_text_token", "utterances"}``.
+    """
+    ratios = [a / t for t, a in zip(text_lens, audio_lens) if t > 0]
+    if not ratios:
+        raise ValueError("length_ratio_stats: no utterance with text")
+    return {"min_tokens_per_text_token": float(min(ratios)), "max_tokens_per_text_token": float(max(ratios)),
+            "utterances": float(len(ratios))}
+
+
+def length_bounds(
+    min_ratio: Optional[float], max_ratio: Optional[float], margin: float, stats: Optional[dict]
+) -> tuple[Optional[float], Optional[float]]:
+    """The ``min/max_tokens_per_text_token`` to generate with.
+
+    An explicit value (the model config's ``generation`` section) wins; a missing one comes from
+    the training data's ``stats`` widened by ``margin`` (min / margin, max x margin); without
+    stats it stays None (no bound).
+    """
+    if stats:
+        if min_ratio is None:
+            min_ratio = stats["min_tokens_per_text_token"] / margin
+        if max_ratio is None:
+            max_ratio = stats["max_tokens_per_text_token"] * margin
+    return min_ratio, max_ratio
 
 
 # --------------------------------------------------------------------------------------------

@@ -363,3 +363,15 @@ def test_sampling_draws_each_token_with_its_probability():
     freq = torch.bincount(picks, minlength=5).float() / picks.numel()
     assert torch.allclose(freq, probs, atol=0.01), freq  # 4 sigma at n = 40k is about 0.01
     assert freq[4] == 0
+
+
+def test_length_bounds_come_from_the_data_unless_the_config_sets_them():
+    from model.generation import length_bounds, length_ratio_stats
+
+    stats = length_ratio_stats([10, 20, 4], [50, 60, 40])  # ratios 5, 3, 10
+    assert stats["min_tokens_per_text_token"] == 3.0 and stats["max_tokens_per_text_token"] == 10.0
+    assert length_bounds(None, None, 1.5, stats) == (2.0, 15.0)
+    assert length_bounds(1.0, None, 1.5, stats) == (1.0, 15.0)  # the config wins
+    assert length_bounds(None, None, 1.5, None) == (None, None)  # no stats: no bound
+    with pytest.raises(ValueError, match="no utterance"):
+        length_ratio_stats([0], [5])
