@@ -71,6 +71,7 @@ class EcholancerProfile:
     model_config: str = "config/model_tiny.yaml"
     train_config: str = "config/train_tiny.yaml"
     overrides: list[str] = field(default_factory=list)
+    text_frontend: Optional[str] = None  # chars or phonemes (preprocess + train); null = the model config's
 
 
 @dataclass
@@ -162,10 +163,13 @@ def plan(p: DemoProfile, work: str, wandb_mode: str) -> list[Step]:
             pre_export, "--config", _abs(p.echolancer.model_config), "--val_fraction", str(p.preprocess.val_fraction),
             "--workers", str(p.preprocess.workers), "--device", p.device, "--no_progress"]
     prep += ["--bert_model", bert] if bert else []
+    front = p.echolancer.text_frontend
+    prep += ["--text_frontend", front] if front else []
     train = [py, _abs("train.py"), "--model_config", _abs(p.echolancer.model_config),
              "--train_config", _abs(p.echolancer.train_config), "--train_data_dir", os.path.join(data, "train"),
              "--val_data_dir", os.path.join(data, "val"), "--output_dir", el_dir, "--device", p.device,
-             *sets(p.echolancer.overrides + [f"wandb.mode={wandb_mode}"])]
+             *sets(p.echolancer.overrides + ([f"model.text_frontend={front}"] if front else [])
+                   + [f"wandb.mode={wandb_mode}"])]
     e = p.evaluate
     evaluate = [py, _abs("evaluate.py"), "--reference_dir", corpus_eval, "--checkpoint",
                 os.path.join(el_dir, "export"), "--pre_encoder_dir", pre_export,

@@ -335,8 +335,11 @@ def preprocess(
     batch_size: int = 8,
     device: str = "cpu",
     progress: bool = True,
+    text_frontend: Optional[str] = None,
 ) -> dict:
-    """Convert a dataset; returns the QA report (also written to ``OUT/qa_report.json``)."""
+    """Convert a dataset; returns the QA report (also written to ``OUT/qa_report.json``).
+
+    ``text_frontend`` (chars or phonemes) overrides the config's ``model.text_frontend``."""
     from scripted_preencoder import ScriptedPreEncoder  # a front end: imported only when used
 
     cfg = load_config(config_path)
@@ -356,7 +359,7 @@ def preprocess(
         bert.check_width(cfg.model.emotion_input_size, config_path)  # before hours of work, not after
 
     layout, rows, problems = discover(input_dir, layout)
-    tokenizer = make_tokenizer(cfg.model.text_frontend)
+    tokenizer = make_tokenizer(text_frontend or cfg.model.text_frontend)
     for d in ("train", "val"):
         os.makedirs(os.path.join(output_dir, d), exist_ok=True)
     tokenizer.save(os.path.join(output_dir, "tokenizer.json"))
@@ -476,11 +479,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--batch_size", type=int, default=8, help="clips per pre-encoder / BERT call")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--text_frontend", default=None, choices=["chars", "phonemes"],
+                   help="text ids: characters or phonemes (default: the config's model.text_frontend)")
     args = p.parse_args(argv)
     try:
         report = preprocess(args.input_dir, args.output_dir, args.pre_encoder_dir, args.config, args.bert_model,
                             args.val_fraction, args.workers, args.layout, args.trim_silence, args.batch_size,
-                            args.device, progress=not args.no_progress)
+                            args.device, progress=not args.no_progress, text_frontend=args.text_frontend)
     except (ConfigError, ValueError, OSError) as e:  # setup problems: one line, no traceback
         print(f"preprocess.py: error: {e}", file=sys.stderr)
         return 2
