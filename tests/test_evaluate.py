@@ -133,3 +133,21 @@ def test_model_stage_counts_stop_failures_and_length_ratio(corpus, tmp_path, cap
     assert row["_step"] == 5
     assert row["eval/model/stop_failure_rate"] == 1.0
     assert row["eval/ground_truth/wer"] == pytest.approx(report["stages"]["ground_truth"]["wer"])
+
+
+def test_round_trip_without_a_vocoder_goes_through_griffin_lim(corpus, tmp_path):
+    from model.preencoder import PreEncoder
+    from train_preencoder import export_preencoder
+    from utils.preencoder_config import PreEncoderConfig
+
+    pcfg = load_config(os.path.join(ROOT, "config", "preencoder_tiny.yaml"), ["model.generator.downsample=2"],
+                       schema=PreEncoderConfig)
+    export_preencoder(PreEncoder.from_config(pcfg), pcfg, str(tmp_path / "pre"))
+    report = run("--ladder", "--reference_dir", str(corpus), "--pre_encoder_dir", str(tmp_path / "pre"),
+                 "--output_dir", str(tmp_path / "out"))
+    assert list(report["stages"]) == ["ground_truth", "griffin_lim", "round_trip"]
+    assert "round_trip: Griffin-Lim (no --istftnet_dir)" in report["notes"]
+    assert any(n.startswith("vocoder: skipped") for n in report["notes"])
+    # Two frames per token, cropped back to the clip's own mel length: as long as Griffin-Lim's clip.
+    rt, gl = report["stages"]["round_trip"], report["stages"]["griffin_lim"]
+    assert [u["seconds"] for u in rt["per_utterance"]] == [u["seconds"] for u in gl["per_utterance"]]
