@@ -198,3 +198,20 @@ def test_group_sigterm_saves_and_exits_0(trained, tmp_path):
     assert err.count("received SIGTERM") == 1 and "interrupted at step" in err
     step = load_checkpoint(out / "ckpt")["step"]
     assert f"ckpt_{step:09d}.pt" in err.split("received SIGTERM")[1]
+
+
+def test_two_frames_per_token_trains_and_exports(tmp_path):
+    """downsample 2 (the speech recipe's codec): training logs code usage over tokens, not frames."""
+    write_wavs(tmp_path / "wavs", n=3)
+    out = tmp_path / "run"
+    args = ["--config", "config/preencoder_tiny.yaml", "--data_dir", str(tmp_path / "wavs"), "--output_dir", str(out),
+            "--set", "model.generator.downsample=2", "--set", "wandb.mode=disabled"]
+    for s in SETTINGS:
+        args += ["--set", s]
+    assert tp.main(args) == 0
+    pe = ScriptedPreEncoder(str(out / "export"), "cpu")
+    assert pe.downsample == 2
+    mel = torch.randn(1, 37, 80)
+    tokens = pe.encode(mel)
+    assert tokens.shape == (1, 19)  # ceil(37 / 2)
+    assert pe.decode(tokens).shape[1] == 38
