@@ -220,10 +220,23 @@ def run_variant(a: RunArgs) -> dict:
     return res
 
 
+def _row(r: dict) -> str:
+    i, L = r["in"], r["long"]
+    return (f"| {r['name']} | {r['steps']} | {r['tf_acc']:.3f} | {i['exact']:.2f} | {i['edit']:.3f} | "
+            f"{i['first']:.2f} | {i['never']:.2f} | {i['len_ratio']:.2f} | "
+            f"{L['exact']:.2f} / {L['edit']:.3f} / {L['never']:.2f} / {L['len_ratio']:.2f} | "
+            f"{r['steps_to_0.9'] if r['steps_to_0.9'] is not None else '—'} |")
+
+
+def _curve(r: dict) -> str:
+    pts = ", ".join(f"{s}:{e:.2f}" for s, _, e in r["curve"])
+    return f"{r['name']} ({r['params'] / 1e6:.2f} M params, {r['train_min']:.1f} min) exact@step: {pts}"
+
+
 def _run_logged(a: RunArgs) -> dict:
     r = run_variant(a)
-    print(f"[{a.name}] done: {r['steps']} steps, in-range exact {r['in']['exact']:.2f}, "
-          f"long exact {r['long']['exact']:.2f}", flush=True)
+    # Each variant's full row as soon as it is done, so a long run that is stopped keeps its results.
+    print(f"[{a.name}] done: {_row(r)}\n[{a.name}] {_curve(r)}", flush=True)
     return r
 
 
@@ -232,15 +245,10 @@ def print_table(results: list[dict]) -> None:
           "| long: exact / edit / never / len ratio | steps→0.9 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        i, L = r["in"], r["long"]
-        print(f"| {r['name']} | {r['steps']} | {r['tf_acc']:.3f} | {i['exact']:.2f} | {i['edit']:.3f} | "
-              f"{i['first']:.2f} | {i['never']:.2f} | {i['len_ratio']:.2f} | "
-              f"{L['exact']:.2f} / {L['edit']:.3f} / {L['never']:.2f} / {L['len_ratio']:.2f} | "
-              f"{r['steps_to_0.9'] if r['steps_to_0.9'] is not None else '—'} |")
+        print(_row(r))
     print()
     for r in results:
-        pts = ", ".join(f"{s}:{e:.2f}" for s, _, e in r["curve"])
-        print(f"{r['name']} ({r['params'] / 1e6:.2f} M params, {r['train_min']:.1f} min) exact@step: {pts}")
+        print(_curve(r))
 
 
 def main(argv: list[str] | None = None) -> int:
