@@ -256,7 +256,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         from model.pretrained import load_echolancer
 
         loaded = load_echolancer(args.checkpoint, device=device)
-        audio = loaded.model_config.preprocessing.audio
+        audio = loaded.model_config.audio
 
     refs = read_references(args.reference_dir, args.limit) if args.reference_dir else []
     if refs and args.sentences:
@@ -343,7 +343,7 @@ def _run_model(args, loaded, pre, vocoder, texts: list[str], refs: list[Referenc
 
     # The front ends already loaded for the other stages are handed over, not loaded twice.
     synth = build_synthesizer(loaded.model, loaded.tokenizer, bert_model=args.bert_model, pre_encoder_dir=pre,
-                              istftnet_dir=vocoder, device=device, audio=loaded.model_config.preprocessing.audio)
+                              istftnet_dir=vocoder, device=device, audio=loaded.model_config.audio)
     n_speaker = loaded.model_config.model.n_speaker
     bad = [s for s in args.speakers if not 0 <= s < n_speaker]
     if bad:

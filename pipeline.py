@@ -91,7 +91,7 @@ class Synthesizer:
         bert: a ``BERTFrontEnd`` or None (zero emotion vectors).
         pre_encoder: a ``ScriptedPreEncoder`` or None (tokens only).
         vocoder: an ``ISTFTNetFE`` or None (Griffin-Lim when a pre-encoder is present).
-        audio: the audio settings of the model's data (``ModelConfig.preprocessing.audio``);
+        audio: the audio settings of the model's data (``ModelConfig.audio``);
             default: the shared settings.
         device: where BERT vectors and mels are computed (the model keeps its own device).
         griffin_lim_iters: iterations of the Griffin-Lim fallback.

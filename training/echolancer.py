@@ -97,8 +97,6 @@ class Trainer:
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, paths: RunPaths, dist_info: DistInfo) -> None:
         self.mcfg, self.tcfg, self.paths, self.dist = model_cfg, train_cfg, paths, dist_info
         tc = train_cfg.training
-        if tc.max_steps is not None and tc.max_steps < 1:
-            raise ConfigError(f"training.max_steps must be >= 1 (or null: train for training.epochs), got {tc.max_steps}")
         prepare_output_dir(paths.output_dir, paths.resume, paths.overwrite, dist_info.is_main)
         self.device = dist_info.device
         self.precision = resolve_precision(tc.precision, self.device)
@@ -172,7 +170,7 @@ class Trainer:
                 paths.test_sentences or tc.test_sentences, paths.test_speakers or tc.test_speakers,
                 paths.bert_model, paths.pre_encoder_dir, paths.istftnet_dir, self.device, seed=tc.seed,
                 gen_kwargs={"max_length": tc.test_max_length, "temperature": tc.test_temperature},
-                audio=model_cfg.preprocessing.audio, score_with_asr=tc.eval_step is not None,
+                audio=model_cfg.audio, score_with_asr=tc.eval_step is not None,
             )
         self._stop_requested = False
         self._boundary_rng: Optional[dict] = None

@@ -38,6 +38,7 @@ from utils.checkpoint import (
     CheckpointError,
     CheckpointManager,
     capture_rng_state,
+    checkpoint_name,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -302,7 +303,8 @@ def train(cfg: PreEncoderConfig, data_dir: str, output_dir: str, resume: Optiona
         with StopSignals() as signals:
             while step < t.max_steps:
                 if signals.requested:
-                    save(None)
+                    if last_checkpoint is None or not last_checkpoint.endswith(checkpoint_name(step)):
+                        save(None)
                     status = "interrupted"
                     break
                 batch, mask = sample_batch(mels, train_ids, step, cfg)

@@ -189,15 +189,15 @@ def test_group_sigterm_saves_and_exits_0(trained, tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 180
-    while not (out / "ckpt" / "ckpt_000000002.pt").exists():
+    while not list_checkpoints(out / "ckpt"):  # a step file was saved (rotation may remove it soon)
         assert proc.poll() is None and time.time() < deadline, "training did not reach step 2"
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
-    assert err.count("received SIGTERM") == 1 and "interrupted at step" in err
+    assert err.count("received SIGTERM") == 1
     step = load_checkpoint(out / "ckpt")["step"]
-    assert f"ckpt_{step:09d}.pt" in err.split("received SIGTERM")[1]
+    assert f"interrupted at step {step};" in err  # the newest checkpoint is the state it stopped in
 
 
 def test_two_frames_per_token_trains_and_exports(tmp_path):

@@ -269,14 +269,13 @@ def test_group_sigterm_with_dataloader_workers_saves_and_exits_0(wav_dir, tmp_pa
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.time() + 180
-    while not os.path.exists(os.path.join(out, "ckpt", "ckpt_000000002.pt")):
+    while not list_checkpoints(os.path.join(out, "ckpt")):  # a step file was saved (rotation may remove it soon)
         assert proc.poll() is None and time.time() < deadline, "training did not reach step 2"
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     assert err.count("received SIGTERM") == 1 and "killed by signal" not in err
-    assert "interrupted at step" in err
     step = load_checkpoint(os.path.join(out, "ckpt"))["step"]
-    assert f"ckpt_{step:09d}.pt" in err.split("received SIGTERM")[1]
+    assert f"interrupted at step {step};" in err  # the newest checkpoint is the state it stopped in
 

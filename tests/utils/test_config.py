@@ -44,9 +44,9 @@ def test_unknown_key_names_the_file_the_key_and_the_allowed_keys(tmp_path):
 def test_float_written_as_1e_minus_6_is_a_clear_type_error(tmp_path):
     path = write(tmp_path, "optimizer:\n  learning_rate: 1e-6\n", "train.yaml")
     with pytest.raises(ConfigError, match=r"optimizer.learning_rate.*float.*1.0e-6"):
-        load_config(path)
+        load_config(path, schema=TrainConfig)
     ok = write(tmp_path, "optimizer:\n  learning_rate: 1.0e-6\n", "train2.yaml")
-    assert load_config(ok).optimizer.learning_rate == 1e-6
+    assert load_config(ok, schema=TrainConfig).optimizer.learning_rate == 1e-6
 
 
 def test_integer_is_accepted_where_a_float_is_expected_but_not_a_bool(tmp_path):
@@ -99,3 +99,40 @@ def test_config_round_trips_through_a_plain_dict():
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="not found.*nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_the_schema_is_chosen_explicitly_and_a_wrong_kind_says_which_to_pass():
+    # Before: the schema was guessed from two candidates, so these failed with misleading errors.
+    from utils.config import KINDS, PreEncoderConfig, VocoderConfig
+
+    assert isinstance(load_config("config/istftnet.yaml", schema=KINDS["vocoder"]), VocoderConfig)
+    assert isinstance(load_config("config/preencoder.yaml", schema=KINDS["preencoder"]), PreEncoderConfig)
+    with pytest.raises(ConfigError, match="vocoder config: pass schema=VocoderConfig"):
+        load_config("config/istftnet.yaml")
+    with pytest.raises(ConfigError, match="train config: pass schema=TrainConfig"):
+        load_config("config/train.yaml")
+
+
+def test_a_bad_set_value_is_blamed_on_the_override_not_the_file():
+    # Before: "config/train.yaml: 'training.max_steps' must be ..." although the file was fine.
+    with pytest.raises(ConfigError, match=r"^--set training.max_steps=abc: 'training.max_steps' must be"):
+        load_configs("config/model.yaml", "config/train.yaml", ["training.max_steps=abc"])
+    with pytest.raises(ConfigError, match=r"with --set training.max_steps=-5: 'training': max_steps must be >= 1"):
+        load_configs("config/model.yaml", "config/train.yaml", ["training.max_steps=-5"])
+
+
+def test_audio_settings_are_top_level_in_every_kind_and_the_old_place_still_reads(tmp_path):
+    from utils.config import AudioConfig, PreEncoderConfig, VocoderConfig
+
+    for path, schema in (("config/model.yaml", ModelConfig), ("config/preencoder.yaml", PreEncoderConfig),
+                         ("config/istftnet.yaml", VocoderConfig)):
+        assert load_config(path, schema=schema).audio == AudioConfig()
+    cfg = load_config("config/model.yaml", ["audio.hop_length=128"])
+    assert cfg.preprocessing.audio is cfg.audio and "audio" not in config_to_dict(cfg)["preprocessing"]
+    old = write(tmp_path, {"model": {}, "preprocessing": {"audio": {"hop_length": 128}, "val_fraction": 0.1}})
+    assert load_config(old).audio.hop_length == 128  # a file written for the earlier layout
+    saved = config_to_dict(ModelConfig())
+    saved["preprocessing"]["audio"] = saved.pop("audio")  # a checkpoint written by an earlier version
+    assert config_from_dict(ModelConfig, saved) == ModelConfig()
+    with pytest.raises(ConfigError, match="given twice"):
+        load_config(write(tmp_path, {"audio": {"hop_length": 256}, "preprocessing": {"audio": {"hop_length": 128}}}))

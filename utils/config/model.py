@@ -1,0 +1,230 @@
+"""The schema of ``config/model*.yaml``: the Echolancer model, its data and generation settings.
+
+Its ``audio`` section is :class:`utils.config.audio.AudioConfig`, at the top level like in the
+pre-encoder and vocoder configs. Files and saved configs that still have it at
+``preprocessing.audio`` are read (moved on reading); ``cfg.preprocessing.audio`` still works and is
+the same object as ``cfg.audio``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from utils.config.audio import AudioConfig
+from utils.config.core import ConfigError, _require
+
+# --------------------------------------------------------------------------------------------
+# Model config (config/model.yaml)
+# --------------------------------------------------------------------------------------------
+
+Activation = Literal["relu", "gelu", "swiglu", "relu2"]
+# How the text encoder knows direction and place on top of ALiBi (see model/layers.py). A symmetric
+# |i-j| bias alone makes the encoder mirror-blind, so there is deliberately no "symmetric" choice.
+EncoderPosition = Literal["directional", "absolute", "directional_absolute"]
+
+
+@dataclass
+class EncoderConfig:
+    hidden: int = 256
+    head: int = 4
+    layer: int = 4
+    dropout: float = 0.1
+    forward_expansion: int = 4
+
+    def check(self) -> None:
+        _require(self.hidden > 0 and self.head > 0 and self.layer > 0, "hidden, head and layer must be positive")
+        _require(
+            self.hidden % self.head == 0,
+            f"hidden ({self.hidden}) must be divisible by head ({self.head})",
+        )
+        _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        _require(self.forward_expansion > 0, "forward_expansion must be positive")
+
+
+@dataclass
+class DecoderConfig(EncoderConfig):
+    layer: int = 4
+
+
+@dataclass
+class RefEncoderConfig:
+    """The small Transformer that turns a reference utterance's codec tokens into a speaker vector."""
+
+    hidden: int = 128
+    head: int = 2
+    layer: int = 2
+    dropout: float = 0.1
+    forward_expansion: int = 4
+
+    check = EncoderConfig.check
+
+
+@dataclass
+class ModelSection:
+    vocab_size: int = 100
+    text_frontend: Literal["chars", "phonemes"] = "chars"  # text ids: characters, or IPA (utils/phonemes.py)
+    codebook_size: int = 1000
+    mel_channels: int = 80
+    emotion_input_size: int = 768
+    emotion_hidden_sizes: list[int] = field(default_factory=lambda: [256])
+    emotion_channels: int = 256
+    speaker_channels: int = 32
+    multi_speaker: bool = False
+    n_speaker: int = 1
+    use_alibi: bool = True
+    alibi_alpha: float = 1.0
+    encoder_position: EncoderPosition = "directional"
+    activation: Activation = "gelu"
+    vq_token_mode: bool = False
+    vq_vocab_size: int = 1000
+    ref_encoder: RefEncoderConfig = field(default_factory=RefEncoderConfig)
+    encoder_kv_heads: int = 4
+    decoder_kv_heads: int = 4
+    stop_head: bool = False
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+    # The decoder's special tokens follow the codebook. This is the one place they are defined;
+    # the model, the data pipeline and checkpoints all read them from here.
+    @property
+    def bos_id(self) -> int:
+        return self.codebook_size
+
+    @property
+    def eos_id(self) -> int:
+        return self.codebook_size + 1
+
+    @property
+    def pad_id(self) -> int:
+        return self.codebook_size + 2
+
+    @property
+    def n_audio_vocab(self) -> int:
+        return self.codebook_size + 3
+
+    def check(self) -> None:
+        for name in ("vocab_size", "codebook_size", "mel_channels", "emotion_input_size",
+                     "emotion_channels", "n_speaker"):
+            _require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        _require(self.speaker_channels >= 0, "speaker_channels must be >= 0")
+        _require(all(h > 0 for h in self.emotion_hidden_sizes), "emotion_hidden_sizes must be positive")
+        _require(
+            self.emotion_channels <= self.encoder.hidden,
+            f"emotion_channels ({self.emotion_channels}) must be <= encoder.hidden ({self.encoder.hidden})",
+        )
+        _require(self.alibi_alpha > 0, f"alibi_alpha must be > 0, got {self.alibi_alpha}")
+        if self.use_alibi and self.encoder_position.startswith("directional"):
+            stacks = [("encoder.head", self.encoder.head)]
+            if self.vq_token_mode:
+                stacks.append(("ref_encoder.head", self.ref_encoder.head))
+            for name, heads in stacks:
+                _require(heads >= 2, f"{name} must be >= 2 for encoder_position '{self.encoder_position}' "
+                         "(one head looks left, one right); or use encoder_position: absolute")
+        for part, kv in (("encoder", self.encoder_kv_heads), ("decoder", self.decoder_kv_heads)):
+            heads = getattr(self, part).head
+            _require(
+                kv > 0 and heads % kv == 0,
+                f"{part}_kv_heads ({kv}) must divide {part}.head ({heads}); allowed: "
+                + ", ".join(str(d) for d in range(1, heads + 1) if heads % d == 0),
+            )
+        if self.multi_speaker:
+            _require(self.speaker_channels > 0, "multi_speaker needs speaker_channels > 0")
+        if self.vq_token_mode:
+            _require(self.speaker_channels > 0, "vq_token_mode needs speaker_channels > 0")
+            _require(
+                self.vq_vocab_size >= self.codebook_size,
+                f"vq_vocab_size ({self.vq_vocab_size}) must be >= codebook_size ({self.codebook_size}):"
+                " reference utterances are codec tokens",
+            )
+
+
+@dataclass
+class PreprocessingConfig:
+    trim_silence: bool = False
+    val_fraction: float = 0.02
+
+    def check(self) -> None:
+        _require(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
+
+
+@dataclass
+class DatasetConfig:
+    max_text_len: int = 400  # longer utterances are left out of training, with a count
+    max_audio_len: int = 1500  # codec tokens (~17 s at 86 tokens/s)
+    skip_invalid_files: bool = False  # false: a bad file is an error; true: skipped and counted
+
+    def check(self) -> None:
+        _require(self.max_text_len > 0 and self.max_audio_len > 0, "max lengths must be positive")
+
+
+@dataclass
+class GenerationConfig:
+    """Length bounds of generation, in audio tokens per text token.
+
+    ``null`` takes the bound from the training data's statistics, which training saves in the
+    checkpoint (the smallest and largest ratio seen, widened by ``length_margin``).
+    """
+
+    min_tokens_per_text_token: Optional[float] = None
+    max_tokens_per_text_token: Optional[float] = None
+    length_margin: float = 1.5  # data-derived bounds: min / margin and max x margin
+
+    def check(self) -> None:
+        _require(self.length_margin >= 1.0, f"length_margin must be >= 1, got {self.length_margin}")
+        lo, hi = self.min_tokens_per_text_token, self.max_tokens_per_text_token
+        _require(lo is None or lo >= 0, f"min_tokens_per_text_token must be >= 0 or null, got {lo}")
+        _require(hi is None or hi > 0, f"max_tokens_per_text_token must be > 0 or null, got {hi}")
+        _require(lo is None or hi is None or lo < hi,
+                 f"min_tokens_per_text_token ({lo}) must be < max_tokens_per_text_token ({hi})")
+
+
+@dataclass
+class ModelConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def __post_init__(self) -> None:
+        # Code written when the audio settings lived at preprocessing.audio keeps working: the same
+        # object, not a copy (and not a field: it is neither saved nor compared).
+        self.preprocessing.audio = self.audio
+
+    @staticmethod
+    def upgrade(raw: dict, source: str) -> dict:
+        """Move ``preprocessing.audio`` (where earlier versions kept it) to the top-level ``audio``."""
+        pre = raw.get("preprocessing")
+        if not isinstance(pre, dict) or "audio" not in pre:
+            return raw
+        raw = {**raw, "preprocessing": {k: v for k, v in pre.items() if k != "audio"}}
+        if "audio" in raw and raw["audio"] != pre["audio"]:
+            raise ConfigError(f"{source}: audio settings given twice (audio and preprocessing.audio) and they "
+                              "differ; keep the top-level audio section only")
+        raw["audio"] = pre["audio"]
+        return raw
+
+    @staticmethod
+    def check_saved(raw: dict, source: str) -> None:
+        """Refuse a saved config that today's defaults would silently reinterpret.
+
+        Configs saved before ``model.encoder_position`` existed with ``use_alibi: true`` describe a
+        text encoder whose only position signal was a symmetric ALiBi bias: it could not tell a
+        sentence from its reverse, and no current setting reproduces it.
+        """
+        section = raw.get("model")
+        # Saved configs hold every key; a hand-written partial dict (no use_alibi) is not one.
+        if isinstance(section, dict) and section.get("use_alibi") is True and "encoder_position" not in section:
+            raise ConfigError(
+                f"{source}: model.encoder_position is missing: this model was trained with the symmetric-ALiBi "
+                "text encoder of earlier versions, which cannot tell a sentence from its reverse, so it never "
+                "learned to read text in order; no current setting reproduces it. Retrain it with this version "
+                "(allowed model.encoder_position: directional, absolute, directional_absolute)."
+            )
+
+    def check(self) -> None:
+        _require(
+            self.model.mel_channels == self.audio.n_mels,
+            f"model.mel_channels ({self.model.mel_channels}) must equal audio.n_mels ({self.audio.n_mels})",
+        )
