@@ -4,7 +4,7 @@
     wav = fe(mel)                                          # (B, T * 256) float32 in about [-1, 1]
     pcm = fe.infer(mel)                                    # int16 numpy, ready for a WAV file
 
-An exported directory (DESIGN.md "Exported component formats") holds
+An exported directory (docs/DESIGN.md "Exported component formats") holds
 
     istft_cpu.pt    traced generator, mel (B, n_mels, T) -> (magnitude, phase), each (B, n_fft/2+1, T*64+1)
     istft_cuda.pt   the same traced on a GPU (written when CUDA is available)

@@ -4,7 +4,7 @@
     tokens = pe.encode(mel, lengths)                          # (B, T') long in [0, codebook_size)
     mel = pe.decode(tokens, token_lengths)                    # (B, T' * downsample, C)
 
-A directory (DESIGN.md "Exported component formats") holds ``model_cpu.pt`` (and optionally
+A directory (docs/DESIGN.md "Exported component formats") holds ``model_cpu.pt`` (and optionally
 ``model_cuda.pt``) plus ``model_config.yaml`` with at least ``model.mel_channels`` and
 ``model.generator.fsq_levels``. The project's exports (``train_preencoder.py``) also record the
 audio settings under ``audio`` and ``model.generator.downsample``; the original exports do not, so

@@ -6,7 +6,7 @@ replaces a learned codebook: the encoder emits ``len(levels)`` numbers per token
 and rounded to one of ``L_i`` values, and the token id is the mixed-radix number of those digits.
 No codebook collapse, no commitment loss, and the code is ~30 lines that TorchScript accepts.
 
-Shapes (the exported module's contract, DESIGN.md "Exported component formats"):
+Shapes (the exported module's contract, docs/DESIGN.md "Exported component formats"):
     encode(mel (B, T, C) float, mask (B, 1, T) bool True=pad or None) -> indices (B, T') long
     decode(indices (B, T') long, mask (B, 1, T') bool or None)       -> mel (B, T' * ds, C)
 with ``T' = ceil(T / ds)`` and ``ds = downsample`` (1 by default: one token per mel frame).

@@ -2,7 +2,7 @@
 
 Every component that turns audio into mel frames (preprocessing, the pre-encoder, the vocoder)
 calls :func:`mel_spectrogram` with the shared :class:`~utils.config.AudioConfig`, so their mels
-agree bit for bit. The function is the HiFi-GAN / iSTFTNet one (DESIGN.md "Audio settings"):
+agree bit for bit. The function is the HiFi-GAN / iSTFTNet one (docs/DESIGN.md "Audio settings"):
 
     reflect-pad (n_fft - hop) / 2 on both sides -> STFT (center=False, Hann window) -> magnitude
     -> slaney-scale, slaney-normalised mel filterbank -> log(clamp(mel, 1e-5))

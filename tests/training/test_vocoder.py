@@ -71,7 +71,7 @@ def fast_config(*extra: str) -> VocoderConfig:
 def test_shipped_configs_turn_one_mel_frame_into_one_hop():
     for path in ("config/istftnet.yaml", TINY):
         cfg = load_config(path, schema=VocoderConfig)
-        assert cfg.audio == AudioConfig()  # the shared settings of DESIGN.md
+        assert cfg.audio == AudioConfig()  # the shared settings of docs/DESIGN.md
         assert cfg.generator.samples_per_frame == 256
     assert load_config("config/istftnet.yaml", schema=VocoderConfig).generator.upsample_initial_channel == 512
 

@@ -29,7 +29,7 @@ def chirp(n: int, sr: int = 22050, f0: float = 200.0, f1: float = 3000.0) -> np.
 
 
 def reference_mel(wav: torch.Tensor, a: AudioConfig) -> torch.Tensor:
-    """Written out step by step from DESIGN.md, independently of utils/audio.py's caching."""
+    """Written out step by step from docs/DESIGN.md, independently of utils/audio.py's caching."""
     pad = (a.n_fft - a.hop_length) // 2
     x = torch.nn.functional.pad(wav[None, None], (pad, pad), mode="reflect")[0, 0]
     frames = x.unfold(0, a.n_fft, a.hop_length)  # (T, n_fft)

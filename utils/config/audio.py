@@ -9,7 +9,7 @@ from utils.config.core import _require
 
 @dataclass
 class AudioConfig:
-    """The one shared audio definition (DESIGN.md): HiFi-GAN-style log-mel."""
+    """The one shared audio definition (docs/DESIGN.md): HiFi-GAN-style log-mel."""
 
     sampling_rate: int = 22050
     n_fft: int = 1024

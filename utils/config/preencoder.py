@@ -25,7 +25,7 @@ class PreEncoderGeneratorConfig:
 
     ``downsample`` merges that many mel frames into one token (1 = one token per frame, the
     Echolancer default); ``mel_mean``/``mel_std`` are fixed per-frame input normalisation constants
-    (a statistic over time would make codes depend on padding; see DESIGN.md).
+    (a statistic over time would make codes depend on padding; see docs/DESIGN.md "Codec and vocoder facts").
     """
 
     fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
