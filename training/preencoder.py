@@ -28,9 +28,11 @@ from training.engine import (
     NonFinitePolicy,
     StopSignals,
     apply_optimizer_settings,
+    autocast,
     check_resume_compatible,
     prepare_output_dir,
     resolve_device,
+    resolve_precision,
     seed_everything,
 )
 from utils.audio import griffin_lim, load_wav, mel_spectrogram
@@ -261,6 +263,8 @@ def train(cfg: PreEncoderConfig, data_dir: str, output_dir: str, resume: Optiona
     sched = build_scheduler(opt, "warmup_cosine", t.warmup_steps, t.max_steps, t.min_lr_ratio)
     manager = CheckpointManager(ckpt_dir, keep_last=t.keep_last, adopt_existing=resume is not None)
     nonfinite = NonFinitePolicy(t.max_nonfinite_steps)
+    precision = resolve_precision(t.precision, dev)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
     step, run_id = 0, None
     if resume is not None:
@@ -275,6 +279,8 @@ def train(cfg: PreEncoderConfig, data_dir: str, output_dir: str, resume: Optiona
         sched.load_state_dict(state["scheduler"])
         apply_optimizer_settings(resume, opt, sched, {"learning_rate": t.learning_rate, "weight_decay": t.weight_decay,
                                                       "betas": t.betas}, key_prefix="training")
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step = int(state["step"])
         nonfinite.total = int(state.get("nonfinite_total", 0))
         run_id = state.get("wandb_run_id")
@@ -291,7 +297,8 @@ def train(cfg: PreEncoderConfig, data_dir: str, output_dir: str, resume: Optiona
         nonlocal last_checkpoint
         state = {"kind": "preencoder", "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "step": step, "config": config_to_dict(cfg),
-                 "rng": capture_rng_state(), "wandb_run_id": logger.run_id, "nonfinite_total": nonfinite.total}
+                 "rng": capture_rng_state(), "wandb_run_id": logger.run_id, "nonfinite_total": nonfinite.total,
+                 "scaler": scaler.state_dict()}
         last_checkpoint = manager.save(state, step, val_loss)
         log.info("saved %s", last_checkpoint)
         if cfg.wandb.log_checkpoints:
@@ -309,17 +316,21 @@ def train(cfg: PreEncoderConfig, data_dir: str, output_dir: str, resume: Optiona
                     break
                 batch, mask = sample_batch(mels, train_ids, step, cfg)
                 batch, mask = batch.to(dev), mask.to(dev)
-                recon, idx = model(batch, mask)
-                loss, l1, l2 = reconstruction_loss(recon, batch, mask, t.l1_weight, t.l2_weight)
+                with autocast(precision, dev):
+                    recon, idx = model(batch, mask)
+                loss, l1, l2 = reconstruction_loss(recon.float(), batch, mask, t.l1_weight, t.l2_weight)
                 opt.zero_grad(set_to_none=True)
                 finite = bool(torch.isfinite(loss))
                 if finite:
-                    loss.backward()
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
                     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_thresh)
                     finite = bool(torch.isfinite(grad_norm))
                 nonfinite.record(finite)
                 if finite:
-                    opt.step()
+                    scaler.step(opt)
+                if scaler.is_enabled():
+                    scaler.update()
                 opt.zero_grad(set_to_none=True)
                 sched.step()  # a skipped step still advances the schedule (engine policy)
                 step += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 from utils.config.audio import AudioConfig
 from utils.config.core import _require
@@ -80,6 +81,9 @@ class PreEncoderTrainingSection:
     val_fraction: float = 0.02  # files held out for validation (at least 1 when there are >= 2 files)
     max_val_files: int = 16
     max_nonfinite_steps: int = 5
+    # auto: bf16 on a GPU that has it, fp16 on other GPUs, fp32 on the CPU (training/engine.py). The
+    # default stays fp32: the FSQ rounding is where reduced precision would change codes.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
 
     def check(self) -> None:
         for name in ("batch_size", "segment_frames", "max_steps", "log_step", "val_step", "save_step",
