@@ -380,7 +380,7 @@ def _log_wandb(args: argparse.Namespace, results: list[StageResult], samples: di
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=None, help="Echolancer checkpoint file or ckpt/ directory (newest)")
+    p.add_argument("--checkpoint", default=None, help="Echolancer inference export (export/ or echolancer.pt), checkpoint file, or ckpt/ directory (newest)")
     p.add_argument("--pre_encoder_dir", default=None)
     p.add_argument("--istftnet_dir", default=None, help="vocoder; without it the pipeline uses Griffin-Lim")
     p.add_argument("--bert_model", default=None, help="BERT for emotion vectors (as in training)")
