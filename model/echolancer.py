@@ -217,6 +217,10 @@ class Echolancer(nn.Module):
         self.head = nn.Linear(dec.hidden, self.n_vocab)
         self.stop_head = nn.Linear(dec.hidden, 1) if cfg.stop_head else None
         self.register_buffer("dec_slopes", alibi_slopes(dec.head, cfg.alibi_alpha), persistent=False)
+        # Default (min, max) audio tokens per text token for :meth:`infer`; set by training and by
+        # ``model.pretrained.load_echolancer`` from the model config's ``generation`` section and the
+        # training data's statistics (``model.generation.length_bounds``). None = unbounded.
+        self.length_bounds: tuple[Optional[float], Optional[float]] = (None, None)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -430,7 +434,12 @@ class Echolancer(nn.Module):
         return logits, stop
 
     def infer(self, speakers, texts, src_lens, em_hidden=None, **kwargs):
-        """Generate codec tokens; see :func:`model.generation.generate` for the arguments."""
+        """Generate codec tokens; see :func:`model.generation.generate` for the arguments.
+
+        Unless given, ``min/max_tokens_per_text_token`` default to :attr:`length_bounds`.
+        """
         from model.generation import generate
 
+        kwargs.setdefault("min_tokens_per_text_token", self.length_bounds[0])
+        kwargs.setdefault("max_tokens_per_text_token", self.length_bounds[1])
         return generate(self, speakers, texts, src_lens, em_hidden=em_hidden, **kwargs)

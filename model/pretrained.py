@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from model.echolancer import Echolancer
+from model.generation import length_bounds
 from utils.char_tokenizer import CharTokenizer
 from utils.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from utils.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict, load_config
@@ -71,7 +72,7 @@ def resolve_checkpoint_path(path_or_dir: str | os.PathLike) -> str:
 
 
 def export_echolancer(model: Echolancer, model_cfg: ModelConfig, tokenizer: CharTokenizer, out_dir: str,
-                      step: Optional[int] = None) -> str:
+                      step: Optional[int] = None, length_stats: Optional[dict] = None) -> str:
     """Write the inference export ``<out_dir>/echolancer.pt`` (atomically) and return its path.
 
     No optimizer, scheduler or RNG state: a fraction of a training checkpoint's size, and all a
@@ -87,6 +88,7 @@ def export_echolancer(model: Echolancer, model_cfg: ModelConfig, tokenizer: Char
         "special_tokens": {"codebook_size": model.codebook_size, "bos_id": model.bos_id, "eos_id": model.eos_id,
                            "pad_id": model.pad_id},
         "step": step,
+        "length_stats": length_stats,  # the training data's audio-per-text ratios (generation bounds)
     }
     path = os.path.join(out_dir, EXPORT_NAME)
     save_checkpoint(state, path)
@@ -242,5 +244,9 @@ def load_echolancer(
     _check_weights(model, sd, path, cfg_source)
     model.load_state_dict(sd, strict=True)
     model.to(device).eval()
+    gen = cfg.generation
+    stats = state.get("length_stats") if raw_sd is not state else None
+    model.length_bounds = length_bounds(gen.min_tokens_per_text_token, gen.max_tokens_per_text_token,
+                                        gen.length_margin, stats)
     step = int(state["step"]) if raw_sd is not state and state.get("step") is not None else None
     return LoadedModel(model, tokenizer, cfg, train_cfg, step, path)

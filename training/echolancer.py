@@ -31,7 +31,9 @@ from tqdm import tqdm
 
 from data.dataset import Collate, EcholancerDataset
 from data.sampler import BucketBatchSampler
+from model.alignment import alignment_image, alignment_prior, cross_attention_maps, diagonality, prior_weight
 from model.echolancer import Echolancer
+from model.generation import length_bounds, length_ratio_stats
 from model.loss import EcholancerLoss
 from model.pretrained import export_echolancer
 from pipeline import PipelineError
@@ -115,6 +117,12 @@ class Trainer:
 
         self.train_set = EcholancerDataset(paths.train_data_dir, model_cfg, seed=tc.seed)
         self.val_set = EcholancerDataset(paths.val_data_dir, model_cfg, seed=tc.seed) if paths.val_data_dir else None
+        # Audio-per-text ratios of the training data: saved with checkpoints and exports, they bound
+        # generation (model config ``generation``) in the test interval and at inference.
+        self.length_stats = length_ratio_stats(self.train_set.text_lens, self.train_set.audio_lens)
+        gen = model_cfg.generation
+        self.model.length_bounds = length_bounds(gen.min_tokens_per_text_token, gen.max_tokens_per_text_token,
+                                                 gen.length_margin, self.length_stats)
         self.collate = Collate(self.model.pad_id)
         self.sampler = BucketBatchSampler(
             self.train_set.lengths(), tc.batch_size, tc.max_tokens, shuffle=True, seed=tc.seed,
@@ -224,6 +232,7 @@ class Trainer:
             "tokenizer": self.tokenizer.to_dict(),
             "special_tokens": {"codebook_size": m.codebook_size, "bos_id": m.bos_id, "eos_id": m.eos_id,
                                "pad_id": m.pad_id},
+            "length_stats": self.length_stats,
         }
 
     def save(self, val_loss: Optional[float] = None, rng: Optional[dict] = None) -> Optional[str]:
@@ -287,9 +296,19 @@ class Trainer:
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k in BATCH_KEYS}
 
-    def _forward_loss(self, model: nn.Module, batch: dict, normalizer):
+    def prior_weight(self) -> float:
+        """The alignment prior's weight at the current step (training config ``alignment``)."""
+        ac = self.tcfg.alignment
+        return prior_weight(self.step, ac.prior, ac.prior_hold_steps, ac.prior_anneal_steps)
+
+    def _forward_loss(self, model: nn.Module, batch: dict, normalizer, with_prior: bool = False):
+        # The prior shapes training only: validation measures the model as inference runs it.
+        bias = None
+        if with_prior:
+            bias = alignment_prior(batch["src_lens"], batch["mel_lens"], batch["texts"].shape[1],
+                                   batch["mels"].shape[1], self.tcfg.alignment.prior_scale, self.prior_weight())
         with self._autocast():
-            out = model(**batch)
+            out = model(**batch, cross_bias=bias)
         return self.criterion(out, normalizer=normalizer)
 
     def train_step(self, micro: list[dict]) -> Optional[dict[str, float]]:
@@ -311,7 +330,7 @@ class Trainer:
             # Only the last micro-batch all-reduces gradients (the DDP module, even under torch.compile).
             sync = nullcontext() if last or self.ddp is None else self.ddp.no_sync()
             with sync:
-                lo = self._forward_loss(self.train_model, b, n_global)
+                lo = self._forward_loss(self.train_model, b, n_global, with_prior=True)
                 self.scaler.scale(lo.total * scale).backward()
             totals += torch.stack([
                 lo.total.detach().float(), lo.ce.detach().float(),
@@ -343,6 +362,7 @@ class Trainer:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this update used
+        prior_w = self.prior_weight()  # the weight this update used
         # The LR is a function of the step; a skipped step still advances it (it consumed data).
         self.scheduler.step()
         self.step += 1
@@ -358,6 +378,7 @@ class Trainer:
             "train/tokens_per_s": float(n_global) / max(dt, 1e-9),
             "train/nonfinite_skips": float(self.nonfinite_total),
             "train/skipped": float(skipped),
+            "train/align_prior_weight": prior_w,
         }
 
     # ---- validation -----------------------------------------------------------------------------
@@ -391,6 +412,8 @@ class Trainer:
         improved = self.early_stopping.step(vl, self.step)
         best = self.early_stopping.best_loss
         metrics = {**metrics, "val/best_loss": vl if best is None else best}
+        if self.dist.is_main and self.val_set is not None and len(self.val_set) > 0:
+            metrics["val/align_diagonality"] = self._log_alignment()
         self.logger.log(metrics, self.step)
         if self.dist.is_main:  # through logging, so train.log has it too
             log.info("step %d epoch %d: val loss %.4f ce %.4f acc %.3f (best %.4f, %d/%d without improvement)",
@@ -398,6 +421,25 @@ class Trainer:
                      self.early_stopping.bad_validations, self.early_stopping.patience)
         if improved:
             self.save(val_loss=vl)
+
+    @torch.no_grad()
+    def _log_alignment(self, n: int = 4) -> float:
+        """Cross-attention of the first ``n`` validation utterances: a picture and how diagonal it is.
+
+        Returns the mean diagonality of the most diagonal decoder layer (``model.alignment``); the
+        picture is that layer's map of the first utterance.
+        """
+        items = [self.val_set[i] for i in range(min(n, len(self.val_set)))]
+        batch = self._to_device(self.collate(items))
+        with self._autocast():
+            maps = cross_attention_maps(self.model, batch)
+        tgt_lens = batch["mel_lens"] + 1  # + EOS
+        scores = [float(diagonality(m, batch["src_lens"], tgt_lens).mean()) for m in maps]
+        best = max(range(len(scores)), key=scores.__getitem__)
+        image = alignment_image(maps[best][0], int(batch["src_lens"][0]), int(tgt_lens[0]))
+        self.logger.log_image("val/alignment", image.cpu().numpy(), self.step,
+                              caption=f"layer {best}: text upward, audio steps to the right")
+        return scores[best]
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -435,7 +477,8 @@ class Trainer:
                 self._restore_best()
                 if self.paths.export and self.dist.is_main:
                     path = export_echolancer(self.model, self.mcfg, self.tokenizer,
-                                             os.path.join(self.paths.output_dir, "export"), self.step)
+                                             os.path.join(self.paths.output_dir, "export"), self.step,
+                                             length_stats=self.length_stats)
                     log.info("inference export: %s", path)
         finally:
             bar.close()

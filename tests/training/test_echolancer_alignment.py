@@ -1,0 +1,96 @@
+"""The Echolancer recipe's alignment aid and length bounds (issue 9): what training feeds the model,
+what it logs, and what it saves for inference."""
+
+import logging
+import os
+
+import pytest
+import torch
+
+from data.dummy import create_dummy_data_files
+from model.pretrained import load_echolancer
+from training.echolancer import RunPaths, Trainer
+from utils.config import load_configs
+from utils.distributed import DistInfo
+from utils.logger import find_run_dir, read_offline_history
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODEL_CFG = os.path.join(ROOT, "config/model_tiny.yaml")
+TRAIN_CFG = os.path.join(ROOT, "config/train_tiny.yaml")
+BASE = ["training.batch_size=4", "training.log_step=1", "training.val_step=2", "training.save_step=1000",
+        "training.test_step=1000", "training.epochs=10", "training.max_steps=4", "training.num_workers=0",
+        "scheduler.warmup_steps=2", "early_stopping.restore_best=false",
+        "alignment.prior_hold_steps=1", "alignment.prior_anneal_steps=2"]
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    for h in logging.root.handlers:
+        if h not in handlers:
+            h.close()
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    mcfg, _ = load_configs(MODEL_CFG, TRAIN_CFG)
+    create_dummy_data_files(str(root / "train"), mcfg, n_files=12, max_text_len=20, seed=0)
+    create_dummy_data_files(str(root / "val"), mcfg, n_files=4, max_text_len=20, seed=1)
+    return str(root / "train"), str(root / "val")
+
+
+def run(data, out, *overrides: str) -> Trainer:
+    mcfg, tcfg = load_configs(MODEL_CFG, TRAIN_CFG, BASE + list(overrides))
+    t = Trainer(mcfg, tcfg, RunPaths(data[0], data[1], str(out)), DistInfo())
+    t.train()
+    return t
+
+
+def test_prior_fades_on_schedule_and_validation_logs_an_alignment_picture(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "run"
+    run(data, out)
+    rows = {r["_step"]: r for r in read_offline_history(find_run_dir(str(out)))}
+    # Updates 1..4 used the weight of steps 0..3: held for 1 step, then 2 steps of fade.
+    assert [rows[s]["train/align_prior_weight"] for s in (1, 2, 3, 4)] == [1.0, 1.0, 0.5, 0.0]
+    for s in (2, 4):
+        assert 0.0 <= rows[s]["val/align_diagonality"] <= 1.0
+        assert rows[s]["val/alignment/_type"] == "image-file"
+
+
+def test_the_prior_enters_the_training_forward_only(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    with_prior = run(data, tmp_path / "a", "training.max_steps=1")
+    without = run(data, tmp_path / "b", "training.max_steps=1", "alignment.prior=false")
+    # Same data, same init: only the prior differs, so the first update differs...
+    a, b = with_prior.model.state_dict(), without.model.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    # ...while validation (inference conditions) ignores the prior at any weight.
+    with_prior.model.load_state_dict(b)
+    assert with_prior.validate() == without.validate()
+
+
+def test_checkpoints_and_exports_carry_the_data_length_ratios_that_bound_inference(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    t = run(data, tmp_path / "run", "training.max_steps=1")
+    ratios = [a / s for s, a in zip(t.train_set.text_lens, t.train_set.audio_lens)]
+    lo, hi = min(ratios), max(ratios)
+    assert t.length_stats["min_tokens_per_text_token"] == pytest.approx(lo)
+    assert t.length_stats["max_tokens_per_text_token"] == pytest.approx(hi)
+    for where in (tmp_path / "run" / "export", tmp_path / "run" / "ckpt"):
+        loaded = load_echolancer(where)
+        assert loaded.model.length_bounds == pytest.approx((lo / 1.5, hi * 1.5))  # generation.length_margin
+    # The model config's explicit bounds win over the data.
+    mcfg, tcfg = load_configs(MODEL_CFG, TRAIN_CFG, BASE + ["generation.max_tokens_per_text_token=3.0"])
+    assert Trainer(mcfg, tcfg, RunPaths(data[0], data[1], str(tmp_path / "c")), DistInfo()).model.length_bounds[1] == 3.0
+    # infer() applies the bounds: a model that wants to stop at once still speaks floor(lo * S) tokens.
+    model = load_echolancer(tmp_path / "run" / "export").model
+    with torch.no_grad():
+        model.head.bias[model.eos_id] = 1.0e4
+    texts, lens = torch.randint(2, 30, (2, 10)), torch.tensor([10, 6])
+    res = model.infer(torch.tensor([0, 1]), texts, lens, max_length=400, temperature=0.0)
+    assert res.lengths.tolist() == [int(lo / 1.5 * 10), int(lo / 1.5 * 6)]
