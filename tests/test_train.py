@@ -138,12 +138,12 @@ def test_resume_mid_epoch_and_mid_accumulation_is_bitwise_exact(data, tmp_path, 
     calls = {"n": 0}
     original = stopper._forward_loss
 
-    def counting(model, batch, normalizer):
+    def counting(model, batch, normalizer, **kwargs):
         if torch.is_grad_enabled():
             calls["n"] += 1
             if calls["n"] == 9:  # first micro-batch of step 5
                 stopper.request_stop()
-        return original(model, batch, normalizer)
+        return original(model, batch, normalizer, **kwargs)
 
     monkeypatch.setattr(stopper, "_forward_loss", counting)
     result = stopper.train()
