@@ -38,6 +38,7 @@ from model.loss import EcholancerLoss
 from model.pretrained import export_echolancer
 from pipeline import PipelineError
 from training.engine import (
+    NonFinitePolicy,
     StopSignals,
     apply_optimizer_settings,
     autocast,
@@ -146,8 +147,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.epoch_position = 0  # global batches of the current epoch already consumed
-        self.nonfinite_total = 0
-        self.nonfinite_streak = 0
+        self.nonfinite = NonFinitePolicy(tc.max_nonfinite_steps)  # the engine's one policy
         self.wandb_run_id: Optional[str] = None
         self.last_checkpoint: Optional[str] = None
         self._saved_step = -1
@@ -225,7 +225,7 @@ class Trainer:
             "sampler": {"epoch": self.epoch, "position": self.epoch_position, "seed": self.sampler.seed,
                         "world_size": self.dist.world_size},
             "total_steps": self.total_steps,
-            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_total": self.nonfinite.total,
             "wandb_run_id": self.wandb_run_id,
             "model_config": config_to_dict(self.mcfg),
             "train_config": config_to_dict(self.tcfg),
@@ -271,7 +271,7 @@ class Trainer:
         self.step, self.epoch = int(ck["step"]), int(ck["epoch"])
         self.epoch_position = int(ck["sampler"]["position"])
         self.early_stopping.load_state_dict(ck["early_stopping"])
-        self.nonfinite_total = int(ck.get("nonfinite_total", 0))
+        self.nonfinite.total = int(ck.get("nonfinite_total", 0))
         self.wandb_run_id = ck.get("wandb_run_id")
         self._saved_step = self.step
         log.info("resumed from %s at step %d (epoch %d, %d batches into it)", where, self.step, self.epoch,
@@ -348,16 +348,17 @@ class Trainer:
         loss_bad, grad_bad = (bool(f > 0) for f in all_reduce_max(flags))
         skipped = loss_bad or grad_bad
         if skipped:
-            self.nonfinite_total += 1
             # With fp16 an overflowing gradient is the scaler's normal calibration (it halves the
             # scale and skips); only a non-finite loss counts towards stopping the run then.
             if loss_bad or not self.scaler.is_enabled():
-                self.nonfinite_streak += 1
+                self.nonfinite.record(False)
+            else:
+                self.nonfinite.total += 1
             if self.scaler.is_enabled():
                 self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
         else:
-            self.nonfinite_streak = 0
+            self.nonfinite.record(True)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
@@ -376,7 +377,7 @@ class Trainer:
             "train/grad_norm": float(grad_norm),
             "train/lr": lr,
             "train/tokens_per_s": float(n_global) / max(dt, 1e-9),
-            "train/nonfinite_skips": float(self.nonfinite_total),
+            "train/nonfinite_skips": float(self.nonfinite.total),
             "train/skipped": float(skipped),
             "train/align_prior_weight": prior_w,
         }
@@ -519,11 +520,9 @@ class Trainer:
     def _periodic(self, window: list[dict[str, float]]) -> str:
         """Logging, validation, saving and testing after a step; returns the run status."""
         tc = self.tcfg.training
-        if self.nonfinite_streak >= tc.max_nonfinite_steps:
+        if self.nonfinite.should_stop:
             self.save()
-            log.error("stopping: %d optimizer steps in a row had a non-finite loss or gradient "
-                      "(training.max_nonfinite_steps = %d); last good state saved to %s",
-                      self.nonfinite_streak, tc.max_nonfinite_steps, self.last_checkpoint)
+            log.error("%s; last good state saved to %s", self.nonfinite.message(self.step), self.last_checkpoint)
             return "nonfinite"
         if self.step % tc.log_step == 0:
             avg = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
