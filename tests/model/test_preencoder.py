@@ -18,7 +18,7 @@ def tiny(ds: int = 1) -> PreEncoder:
 
 
 def paper_fsq(z: torch.Tensor, levels: list[int], eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
-    """The formula of DESIGN.md written out per dimension with Python floats."""
+    """The FSQ formula of docs/DESIGN.md written out per dimension with Python floats."""
     qs, idx = [], torch.zeros(z.shape[:-1], dtype=torch.long)
     basis = 1
     for d, L in enumerate(levels):
