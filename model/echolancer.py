@@ -32,6 +32,8 @@ from model.layers import (
     alibi_bias,
     alibi_slopes,
     compute_dtype,
+    flex_cross_attention_mask,
+    flex_self_attention_mask,
     padding_mask,
     self_attention_mask,
     sinusoidal_positions,
@@ -114,11 +116,13 @@ class TransformerStack(nn.Module):
         directional           per-head left/right ALiBi (relative, extrapolates in length)
         absolute              symmetric ALiBi plus sinusoidal absolute positions
         directional_absolute  both
+
+    ``backend`` "flex" runs the same attention through FlexAttention (``model/layers.py``).
     """
 
     def __init__(self, dim: int, heads: int, kv_heads: int, layers: int, expansion: int,
                  activation: str, dropout: float, use_alibi: bool, alibi_alpha: float,
-                 position: str = "directional") -> None:
+                 position: str = "directional", backend: str = "sdpa") -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             EncoderLayer(dim, heads, kv_heads, expansion, activation, dropout) for _ in range(layers)
@@ -126,6 +130,7 @@ class TransformerStack(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.use_alibi = use_alibi
         self.position = position
+        self.backend = backend
         self.register_buffer("slopes", alibi_slopes(heads, alibi_alpha), persistent=False)
 
     def forward(self, x: Tensor, pad: Tensor) -> Tensor:
@@ -133,10 +138,12 @@ class TransformerStack(nn.Module):
         B, S, D = x.shape
         if not self.use_alibi or "absolute" in self.position:
             x = x + sinusoidal_positions(torch.arange(S, device=x.device), D).to(x.dtype)
-        mask, _ = self_attention_mask(
-            pad, S, False, self.slopes if self.use_alibi else None, compute_dtype(x),
-            directional=self.position.startswith("directional"),
-        )
+        slopes = self.slopes if self.use_alibi else None
+        directional = self.position.startswith("directional")
+        if self.backend == "flex":
+            mask = flex_self_attention_mask(pad, S, False, slopes, directional, device=x.device)
+        else:
+            mask, _ = self_attention_mask(pad, S, False, slopes, compute_dtype(x), directional=directional)
         for layer in self.layers:
             x = layer(x, mask, pad)
         return self.norm(x).masked_fill(pad[..., None], 0.0)
@@ -147,11 +154,11 @@ class ReferenceEncoder(nn.Module):
 
     def __init__(self, vocab: int, dim: int, heads: int, layers: int, expansion: int,
                  activation: str, dropout: float, out_size: int, use_alibi: bool, alibi_alpha: float,
-                 position: str) -> None:
+                 position: str, backend: str = "sdpa") -> None:
         super().__init__()
         self.embed = NormalizedEmbedding(vocab, dim)
         self.stack = TransformerStack(dim, heads, heads, layers, expansion, activation, dropout, use_alibi,
-                                      alibi_alpha, position)
+                                      alibi_alpha, position, backend)
         self.out = nn.Linear(dim, out_size)
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
@@ -181,6 +188,9 @@ class Echolancer(nn.Module):
         self.n_vocab = cfg.n_audio_vocab
         enc, dec = cfg.encoder, cfg.decoder
         self.use_alibi = cfg.use_alibi
+        # Full-sequence forwards (training, validation) run SDPA or FlexAttention; the one-step
+        # decode with the KV cache always runs SDPA.
+        self.attention_backend = cfg.attention_backend
 
         # Conditioning: emotion always, a speaker vector for multi-speaker / vq_token_mode models.
         self.emotion_encoder = EmotionEncoder(
@@ -193,6 +203,7 @@ class Echolancer(nn.Module):
             self.ref_encoder = ReferenceEncoder(
                 cfg.vq_vocab_size, r.hidden, r.head, r.layer, r.forward_expansion, cfg.activation,
                 r.dropout, cfg.speaker_channels, cfg.use_alibi, cfg.alibi_alpha, cfg.encoder_position,
+                cfg.attention_backend,
             )
         has_speaker = cfg.multi_speaker or cfg.vq_token_mode
         cond_dim = cfg.emotion_channels + (cfg.speaker_channels if has_speaker else 0)
@@ -204,6 +215,7 @@ class Echolancer(nn.Module):
         self.encoder = TransformerStack(
             enc.hidden, enc.head, cfg.encoder_kv_heads, enc.layer, enc.forward_expansion,
             cfg.activation, enc.dropout, cfg.use_alibi, cfg.alibi_alpha, cfg.encoder_position,
+            cfg.attention_backend,
         )
 
         # Autoregressive decoder.
@@ -344,7 +356,8 @@ class Echolancer(nn.Module):
             cross_bias: (B, T, S) float added to every cross-attention score (an alignment
                 prior, see ``model/alignment.py``), or None.
             cross_weights: if a list, each layer's cross-attention probabilities (B, H, T, S) are
-                appended to it (computed explicitly: for pictures, not for training).
+                appended to it (computed explicitly: for pictures, not for training; this forward
+                then runs SDPA whatever the backend).
         Returns:
             (B, T, Dd) final hidden states.
         """
@@ -352,6 +365,13 @@ class Echolancer(nn.Module):
         x = self.audio_embed(inputs) + self.dec_cond(enc.cond)[:, None, :]
         if not self.use_alibi:
             x = x + sinusoidal_positions(torch.arange(T, device=x.device), x.shape[-1]).to(x.dtype)
+        if self.attention_backend == "flex" and cross_weights is None:
+            slopes = self.dec_slopes if self.use_alibi else None
+            self_flex = flex_self_attention_mask(None, T, True, slopes, device=x.device)
+            cross_flex = flex_cross_attention_mask(enc.src_pad, cross_bias)
+            for layer in self.dec_layers:
+                x = layer(x, self_flex, False, cross_flex, tgt_pad, memory=enc.memory)
+            return self.dec_norm(x)
         self_mask, is_causal = self_attention_mask(
             tgt_pad, T, True, self.dec_slopes if self.use_alibi else None, compute_dtype(x)
         )

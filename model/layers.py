@@ -10,7 +10,11 @@ Conventions used throughout:
 from __future__ import annotations
 
 import math
-from typing import Optional
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -146,6 +150,127 @@ def self_attention_mask(
         hidden = pad[:, None, None, :] & ~torch.eye(length, dtype=torch.bool, device=pad.device)
         bias = bias.masked_fill(hidden, float("-inf"))  # (B, H, T, T)
     return bias, False
+
+
+# --------------------------------------------------------------------------------------------
+# FlexAttention (``model.attention_backend: flex``, full-sequence forwards only)
+# --------------------------------------------------------------------------------------------
+#
+# The same attention as the SDPA masks above, expressed for ``torch.nn.attention.flex_attention``:
+#   * structure that is the same for every batch (causal; the encoder's per-head directions) is a
+#     ``BlockMask``, built once per (kind, heads, length, device) and cached, so blocks that a head
+#     never sees are skipped;
+#   * everything else is a ``score_mod``: the ALiBi decay −slope·|i−j| (on the side a head sees,
+#     |i−j| is i−j for the causal decoder and for left-looking heads, j−i for right-looking ones),
+#     key padding (−inf; in the encoder with ALiBi a padded query keeps itself, as in
+#     :func:`self_attention_mask`) and the cross-attention alignment prior ``cross_bias[b, i, j]``.
+# Grouped KV heads go in as they are (``enable_gqa``). flex_attention has no attention-probability
+# dropout, so the config refuses ``flex`` with dropout > 0 in training (``ModelSection.check``).
+
+
+@dataclass
+class FlexMask:
+    """What :class:`MultiHeadAttention` passes to flex_attention in place of an SDPA mask."""
+
+    score_mod: Optional[Callable]
+    block_mask: Optional[object]  # torch.nn.attention.flex_attention.BlockMask
+
+
+_BLOCK_MASKS: OrderedDict = OrderedDict()
+_BLOCK_MASK_CACHE_SIZE = 256
+
+
+def _block_mask(kind: str, n_heads: Optional[int], length: int, device: torch.device):
+    """Cached ``BlockMask`` for ``kind`` "causal" (keys j ≤ i, all heads) or "directional"."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    key = (kind, n_heads, length, str(device))
+    bm = _BLOCK_MASKS.get(key)
+    if bm is not None:
+        _BLOCK_MASKS.move_to_end(key)
+        return bm
+    if kind == "causal":
+        def mask_mod(b, h, q, kv):
+            return kv <= q
+        heads = None
+    elif kind == "directional":
+        def mask_mod(b, h, q, kv):  # even heads look left (j ≤ i), odd heads right (j ≥ i)
+            return torch.where(h % 2 == 0, kv <= q, kv >= q)
+        heads = n_heads
+    else:
+        raise ValueError(f"unknown block mask kind {kind!r}")
+    bm = create_block_mask(mask_mod, None, heads, length, length, device=device)
+    _BLOCK_MASKS[key] = bm
+    if len(_BLOCK_MASKS) > _BLOCK_MASK_CACHE_SIZE:
+        _BLOCK_MASKS.popitem(last=False)
+    return bm
+
+
+def flex_self_attention_mask(
+    pad: Optional[Tensor], length: int, causal: bool, slopes: Optional[Tensor], directional: bool = False,
+    device: Optional[torch.device] = None,
+) -> FlexMask:
+    """The FlexAttention equivalent of :func:`self_attention_mask` (same arguments, same attention).
+
+    Args:
+        pad: (B, T) padding mask or None (the causal decoder ignores it, like the SDPA path).
+        slopes: (H,) ALiBi slopes or None.  device: where ``pad``/``slopes`` live (when both None).
+    """
+    device = device if device is not None else (slopes.device if slopes is not None else pad.device)
+    if causal:
+        block = _block_mask("causal", None, length, device)
+    elif slopes is not None and directional:
+        block = _block_mask("directional", slopes.shape[0], length, device)
+    else:
+        block = None
+    key_pad = pad if (pad is not None and not causal) else None
+
+    if slopes is None and key_pad is None:
+        return FlexMask(None, block)
+    if slopes is None:
+        def score_mod(score, b, h, q, kv):  # like the SDPA bool mask: padded keys hidden from all
+            return torch.where(key_pad[b, kv], float("-inf"), score)
+    elif key_pad is None:
+        def score_mod(score, b, h, q, kv):
+            return score - slopes[h] * (q - kv).abs()
+    else:
+        def score_mod(score, b, h, q, kv):  # a padded query keeps itself as a key
+            biased = score - slopes[h] * (q - kv).abs()
+            return torch.where(key_pad[b, kv] & (q != kv), float("-inf"), biased)
+    return FlexMask(score_mod, block)
+
+
+def flex_cross_attention_mask(src_pad: Tensor, cross_bias: Optional[Tensor] = None) -> FlexMask:
+    """Cross-attention for FlexAttention: padded text hidden, plus the optional (B, T, S) prior."""
+    if cross_bias is None:
+        def score_mod(score, b, h, q, kv):
+            return torch.where(src_pad[b, kv], float("-inf"), score)
+    else:
+        def score_mod(score, b, h, q, kv):
+            return torch.where(src_pad[b, kv], float("-inf"), score + cross_bias[b, q, kv])
+    return FlexMask(score_mod, None)
+
+
+_compiled_flex: Optional[Callable] = None
+
+
+def run_flex_attention(q: Tensor, k: Tensor, v: Tensor, mask: FlexMask) -> Tensor:
+    """flex_attention on (B, H, T, hd) queries and (B, KVH, Tk, hd) keys/values.
+
+    On CUDA through ``torch.compile`` (the fused kernel); elsewhere the eager reference
+    implementation, which materialises the scores: correct, for tests, not fast.
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    global _compiled_flex
+    kwargs = dict(score_mod=mask.score_mod, block_mask=mask.block_mask, enable_gqa=k.shape[1] != q.shape[1])
+    if q.device.type == "cuda":
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        return _compiled_flex(q, k, v, **kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+        return flex_attention(q, k, v, **kwargs)
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:
@@ -285,7 +410,7 @@ class MultiHeadAttention(nn.Module):
     def forward(
         self,
         x: Tensor,
-        attn_mask: Optional[Tensor] = None,
+        attn_mask: Union[Tensor, FlexMask, None] = None,
         is_causal: bool = False,
         memory: Optional[Tensor] = None,
         memory_kv: Optional[tuple[Tensor, Tensor]] = None,
@@ -295,7 +420,8 @@ class MultiHeadAttention(nn.Module):
         """
         Args:
             x: (B, T, D) queries (and keys/values for self-attention).
-            attn_mask: SDPA mask broadcastable to (B, H, T, Tk), or None.
+            attn_mask: SDPA mask broadcastable to (B, H, T, Tk), or None; or a :class:`FlexMask`,
+                which runs FlexAttention instead of SDPA (no attention dropout there).
             is_causal: use SDPA's built-in causal mask (no ``attn_mask``).
             memory: (B, S, Dm) cross-attention memory, or ``memory_kv`` precomputed by
                 :meth:`project_kv`.
@@ -313,6 +439,12 @@ class MultiHeadAttention(nn.Module):
             q, k, v = self._heads(q, self.n_heads), self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)
             if cache is not None:
                 k, v = cache.update(input_pos, k, v)
+        if isinstance(attn_mask, FlexMask):
+            if self.training and self.dropout > 0:
+                raise ValueError("attention_backend flex has no attention dropout: set the dropout to 0 "
+                                 "(or use attention_backend: sdpa)")
+            y = run_flex_attention(q, k, v, attn_mask)  # (B, H, T, hd), grouped heads native
+            return self.out_proj(y.transpose(1, 2).reshape(B, T, D))
         if self.n_kv_heads != self.n_heads:
             # Expand grouped heads explicitly: works with every SDPA backend and mask type.
             rep = self.n_heads // self.n_kv_heads

@@ -7,6 +7,18 @@ from model import Echolancer
 from utils.config import load_config
 
 TINY = "config/model_tiny.yaml"
+# The attention backends of full-sequence forwards: every property below holds for both (on CPU
+# FlexAttention runs its eager reference implementation; see tests/model/test_flex_attention.py).
+BACKENDS = ["sdpa", "flex"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    if request.param == "flex" and not torch.cuda.is_available():
+        with torch.no_grad():  # flex_attention has no backward on CPU: these tests need none
+            yield request.param
+    else:
+        yield request.param
 
 
 def make_model(*overrides: str, seed: int = 0) -> Echolancer:
@@ -47,8 +59,8 @@ def test_logits_have_one_more_position_than_audio_tokens():
 
 
 @pytest.mark.parametrize("alibi", [True, False])
-def test_decoder_is_causal(alibi):
-    m = make_model(f"model.use_alibi={str(alibi).lower()}")
+def test_decoder_is_causal(alibi, backend):
+    m = make_model(f"model.use_alibi={str(alibi).lower()}", f"model.attention_backend={backend}")
     spk, texts, sl, mels, ml, em = batch(m, B=1, T=10)
     ml = torch.tensor([10])
     base = m(spk, texts, sl, mels, ml, em).logits
@@ -62,8 +74,8 @@ def test_decoder_is_causal(alibi):
 
 
 @pytest.mark.parametrize("alibi", [True, False])
-def test_extra_padding_changes_no_valid_logit(alibi):
-    m = make_model(f"model.use_alibi={str(alibi).lower()}")
+def test_extra_padding_changes_no_valid_logit(alibi, backend):
+    m = make_model(f"model.use_alibi={str(alibi).lower()}", f"model.attention_backend={backend}")
     spk, texts, sl, mels, ml, em = batch(m)
     base = m(spk, texts, sl, mels, ml, em)
     # append junk (not even pad ids) after every row's end, on both text and audio
@@ -235,13 +247,14 @@ TEXT = torch.tensor([[5, 9, 14, 3, 22, 7, 30, 11, 18, 25, 6, 12, 33, 8, 19, 4, 2
 
 
 @pytest.mark.parametrize("overrides", POSITION_OPTIONS, ids=lambda o: o[-1].split("=")[-1])
-def test_reversing_the_text_changes_the_logits(overrides):
-    assert order_sensitivity(scaled_model(*overrides), TEXT) > 1e-3  # float noise is ~1e-7
+def test_reversing_the_text_changes_the_logits(overrides, backend):
+    m = scaled_model(*overrides, f"model.attention_backend={backend}")
+    assert order_sensitivity(m, TEXT) > 1e-3  # float noise is ~1e-7
 
 
 @pytest.mark.parametrize("overrides", POSITION_OPTIONS, ids=lambda o: o[-1].split("=")[-1])
-def test_swapping_two_distant_text_tokens_changes_the_logits(overrides):
-    m = scaled_model(*overrides)
+def test_swapping_two_distant_text_tokens_changes_the_logits(overrides, backend):
+    m = scaled_model(*overrides, f"model.attention_backend={backend}")
     swapped = TEXT.clone()
     swapped[0, [1, 15]] = swapped[0, [15, 1]]
     T = 10
@@ -281,8 +294,8 @@ def test_directional_encoder_needs_two_heads():
 
 
 @pytest.mark.parametrize("overrides", POSITION_OPTIONS, ids=lambda o: o[-1].split("=")[-1])
-def test_text_padding_changes_no_valid_logit_for_every_position_option(overrides):
-    m = make_model(*overrides)
+def test_text_padding_changes_no_valid_logit_for_every_position_option(overrides, backend):
+    m = make_model(*overrides, f"model.attention_backend={backend}")
     spk, texts, sl, mels, ml, em = batch(m)
     base = m(spk, texts, sl, mels, ml, em)
     junk = torch.cat([texts, torch.randint(2, 40, (2, 5))], dim=1)

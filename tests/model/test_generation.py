@@ -60,8 +60,9 @@ def assert_varied(tokens: torch.Tensor) -> None:
     ],
     ids=["alibi-gqa", "sinusoidal-mha", "stop-head"],
 )
-def test_greedy_cached_equals_uncached(overrides):
-    model = make_model(*overrides)
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])  # the uncached reference runs the full decoder
+def test_greedy_cached_equals_uncached(overrides, backend):
+    model = make_model(*overrides, f"model.attention_backend={backend}")
     spk, texts, lens = make_batch()
     cached = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0, use_cache=True)
     full = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0, use_cache=False)

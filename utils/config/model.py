@@ -22,6 +22,8 @@ Activation = Literal["relu", "gelu", "swiglu", "relu2"]
 # How the text encoder knows direction and place on top of ALiBi (see model/layers.py). A symmetric
 # |i-j| bias alone makes the encoder mirror-blind, so there is deliberately no "symmetric" choice.
 EncoderPosition = Literal["directional", "absolute", "directional_absolute"]
+# Attention kernel of full-sequence forwards (training, validation); decoding always runs SDPA.
+AttentionBackend = Literal["sdpa", "flex"]
 
 
 @dataclass
@@ -75,6 +77,7 @@ class ModelSection:
     use_alibi: bool = True
     alibi_alpha: float = 1.0
     encoder_position: EncoderPosition = "directional"
+    attention_backend: AttentionBackend = "sdpa"
     activation: Activation = "gelu"
     vq_token_mode: bool = False
     vq_vocab_size: int = 1000
@@ -121,6 +124,12 @@ class ModelSection:
             for name, heads in stacks:
                 _require(heads >= 2, f"{name} must be >= 2 for encoder_position '{self.encoder_position}' "
                          "(one head looks left, one right); or use encoder_position: absolute")
+        if self.attention_backend == "flex":  # flex_attention has no attention-probability dropout
+            drops = [("encoder", self.encoder), ("decoder", self.decoder)] + (
+                [("ref_encoder", self.ref_encoder)] if self.vq_token_mode else [])
+            for name, part in drops:
+                _require(part.dropout == 0.0, f"attention_backend flex has no attention dropout: {name}.dropout "
+                         f"must be 0.0, got {part.dropout} (or use attention_backend: sdpa)")
         for part, kv in (("encoder", self.encoder_kv_heads), ("decoder", self.decoder_kv_heads)):
             heads = getattr(self, part).head
             _require(
