@@ -422,13 +422,18 @@ class Echolancer(nn.Module):
         B = enc.memory.shape[0]
         dev = enc.memory.device
         dtype = dtype or enc.memory.dtype
-        caches, cross_kv = [], []
+        caches = []
         for layer in self.dec_layers:
             a = layer.self_attn
             caches.append(KVCache(B, a.n_kv_heads, max_len, a.head_dim, dtype, dev))
-            cross_kv.append(layer.cross_attn.project_kv(enc.memory))
-        cond = self.dec_cond(enc.cond)[:, None, :]
-        return DecodeState(caches, cross_kv, (~enc.src_pad)[:, None, None, :], cond, max_len)
+        cross_kv, cross_mask, cond = self.decode_memory(enc)
+        return DecodeState(caches, cross_kv, cross_mask, cond, max_len)
+
+    def decode_memory(self, enc: EncoderState) -> tuple[list[tuple[Tensor, Tensor]], Tensor, Tensor]:
+        """What one-step decoding reads from the encoder: per-layer cross K/V (B, KVH, S, hd) each,
+        the cross mask (B, 1, 1, S) bool (True = valid text) and the decoder conditioning (B, 1, Dd)."""
+        cross_kv = [layer.cross_attn.project_kv(enc.memory) for layer in self.dec_layers]
+        return cross_kv, (~enc.src_pad)[:, None, None, :], self.dec_cond(enc.cond)[:, None, :]
 
     def decode_step(self, tokens: Tensor, input_pos: Tensor, state: DecodeState) -> tuple[Tensor, Optional[Tensor]]:
         """One decoder step with the KV cache; static shapes, so it can be compiled/graph-captured.

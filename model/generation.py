@@ -21,6 +21,8 @@ the loop. PAD and BOS are never chosen.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
@@ -44,7 +46,8 @@ class GenerationResult:
         stopped it included (column ``lengths[b]`` when that is < T); 0 afterwards.
     hit_max_length: (B,) bool, True where the row reached its length bound without stopping: the
         global ``max_length``, or its own bound from ``max_tokens_per_text_token``.
-    steps: decoder steps actually run (≥ T; the loop checks for "all rows done" every few steps).
+    steps: decoder steps actually run (≥ T; the loop checks for "all rows done" every few steps,
+        and on CUDA reads each check's answer one check later, so it never waits for the device).
     """
 
     tokens: Tensor
@@ -127,7 +130,8 @@ class CudaGraphStep:
     does, without depending on Dynamo guards over the cache objects). This works because the step
     has static shapes: the KV cache has a fixed length, the position is a device tensor, and every
     tensor the graph reads or writes (the cache buffers, cross K/V, the static inputs below) keeps
-    its address for the whole generation.
+    its address: the state is a :class:`StaticDecodeState`, so the captured step is replayed by
+    every later call with the same shapes (:func:`static_decoder`), not captured again.
 
     Args:
         model: the Echolancer (eval mode, on a CUDA device).  state: from ``init_decode_state``.
@@ -165,10 +169,162 @@ class CudaGraphStep:
 def _step_function(model: Echolancer, state: DecodeState, batch_size: int, compile: bool) -> StepFn:
     if not compile:
         return model.decode_step
-    if state.cond.device.type == "cuda":
-        return CudaGraphStep(model, state, batch_size)
-    # Elsewhere, Inductor fuses the step's small kernels; static shapes, so one compilation.
+    # Inductor fuses the step's small kernels; static shapes, so one compilation. (CUDA takes the
+    # captured graph of :func:`static_decoder` instead.)
     return torch.compile(model.decode_step, dynamic=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Decode state that outlives a call: what lets repeated generate() calls replay one graph
+# --------------------------------------------------------------------------------------------
+
+TEXT_BUCKET = 64  # the text memory is padded to a multiple of this (the cross mask hides the padding)
+MAX_CAPTURED = 4  # captured decoders kept per model (least recently used dropped)
+
+
+class StaticDecodeState:
+    """Decode buffers at fixed addresses, reused by every call with the same shapes.
+
+    A CUDA graph reads and writes fixed addresses, so everything it reads that changes from one
+    utterance to the next (the KV caches, each layer's cross K/V, the cross mask, the decoder
+    conditioning) lives here, allocated once, and :meth:`load` copies a new utterance into it. The
+    text is padded to ``text_len`` (a multiple of :data:`TEXT_BUCKET`): padded keys are zero and
+    masked, so the attention is that of the unpadded text.
+
+    Args:
+        model: the Echolancer.  enc: a first encoder state (gives the dtypes).  batch_size: B.
+        max_len: KV cache length.  text_len: padded text length (≥ every text loaded).
+        dtype: the KV caches' dtype.
+    """
+
+    def __init__(self, model: Echolancer, enc, batch_size: int, max_len: int, text_len: int,
+                 dtype: torch.dtype) -> None:
+        from model.echolancer import DecodeState
+        from model.layers import KVCache
+
+        device = enc.memory.device
+        self.text_len = text_len
+        cross_kv, _, cond = model.decode_memory(enc)
+        caches, buffers = [], []
+        for layer, (k, v) in zip(model.dec_layers, cross_kv):
+            a = layer.self_attn
+            caches.append(KVCache(batch_size, a.n_kv_heads, max_len, a.head_dim, dtype, device))
+            shape = (batch_size, k.shape[1], text_len, k.shape[3])
+            buffers.append((torch.zeros(shape, dtype=k.dtype, device=device),
+                            torch.zeros(shape, dtype=v.dtype, device=device)))
+        mask = torch.zeros(batch_size, 1, 1, text_len, dtype=torch.bool, device=device)
+        self.state = DecodeState(caches, buffers, mask, torch.zeros_like(cond), max_len)
+
+    def load(self, model: Echolancer, enc) -> DecodeState:
+        """Copy a new utterance batch into the buffers (no new allocation) and return the state."""
+        S = enc.memory.shape[1]
+        if S > self.text_len:
+            raise ValueError(f"text of {S} tokens does not fit the {self.text_len} of this decode state")
+        cross_kv, cross_mask, cond = model.decode_memory(enc)
+        st = self.state
+        for cache in st.caches:  # a fresh state starts from zeros: so does a reused one
+            cache.k.zero_()
+            cache.v.zero_()
+        for (kb, vb), (k, v) in zip(st.cross_kv, cross_kv):
+            kb[:, :, :S].copy_(k)
+            kb[:, :, S:].zero_()
+            vb[:, :, :S].copy_(v)
+            vb[:, :, S:].zero_()
+        st.cross_mask[..., :S].copy_(cross_mask)
+        st.cross_mask[..., S:] = False
+        st.cond.copy_(cond)
+        return st
+
+
+# Per model: the weights' fingerprint and, by shape key, (StaticDecodeState, step function). Kept
+# outside the module (a weak reference), so a model copy, pickle or state dict never carries it.
+_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _weights_fingerprint(model: Echolancer) -> tuple:
+    """Address, dtype and shape of every parameter and buffer: a captured graph reads exactly these
+    addresses, so it stays valid while they stay the same (``.to()``, ``.half()`` or replacing a
+    parameter change them; ``load_state_dict`` copies in place and keeps them)."""
+    return tuple((t.data_ptr(), t.dtype, tuple(t.shape), str(t.device))
+                 for t in (*model.parameters(), *model.buffers()))
+
+
+def static_decoder(model: Echolancer, enc, batch_size: int, max_length: int, dtype: torch.dtype,
+                   graph: bool) -> tuple[DecodeState, StepFn]:
+    """A decode state loaded with ``enc`` and its step function, reused across calls.
+
+    Keyed by (batch size, max length, cache dtype, device, text-length bucket, autocast): the first
+    call with a key allocates a :class:`StaticDecodeState` (and, with ``graph``, captures a
+    :class:`CudaGraphStep` on it); later calls copy their inputs into the same buffers and replay.
+    Entries are dropped when the model's weights move (see :func:`_weights_fingerprint`).
+    """
+    device = enc.memory.device
+    bucket = -(-enc.memory.shape[1] // TEXT_BUCKET) * TEXT_BUCKET
+    autocast = torch.is_autocast_enabled(device.type)
+    key = (batch_size, max_length, dtype, str(device), bucket,
+           torch.get_autocast_dtype(device.type) if autocast else None, graph)
+    fingerprint = _weights_fingerprint(model)
+    entry = _DECODERS.get(model)
+    if entry is None or entry[0] != fingerprint:
+        entry = (fingerprint, OrderedDict())
+        _DECODERS[model] = entry
+    decoders = entry[1]
+    if key in decoders:
+        decoders.move_to_end(key)
+        static, step = decoders[key]
+        return static.load(model, enc), step or model.decode_step
+    static = StaticDecodeState(model, enc, batch_size, max_length, bucket, dtype)
+    state = static.load(model, enc)
+    # No bound method stored: the entry must not keep its (weakly referenced) model alive.
+    step = CudaGraphStep(model, state, batch_size) if graph else None
+    decoders[key] = (static, step)
+    while len(decoders) > MAX_CAPTURED:
+        decoders.popitem(last=False)
+    return state, step or model.decode_step
+
+
+def _uses_static_decoder(device: torch.device, compile: bool) -> bool:
+    """CUDA graphs (``compile`` on CUDA) need the reusable state; every other path stays fresh."""
+    return compile and device.type == "cuda"
+
+
+class _DonePoll:
+    """Answers "has every row finished?" at each check.
+
+    Immediate mode reads the flag at once (a host sync at every check). Deferred mode (CUDA) starts
+    a non-blocking copy of the flag to pinned memory and answers with the *previous* check's flag,
+    whose copy finished long ago: the loop never waits for the device, and may run one check
+    interval more than needed, which changes no result (finished rows only record PAD).
+    """
+
+    def __init__(self, device: torch.device, deferred: bool) -> None:
+        self.deferred = deferred
+        self.cuda = device.type == "cuda"
+        self.pending = False
+        if deferred and self.cuda:
+            self.host = torch.zeros((), dtype=torch.bool, pin_memory=True)
+            self.event = torch.cuda.Event()
+
+    def __call__(self, finished: Tensor) -> bool:
+        if not self.deferred:
+            return bool(finished.all())
+        done = False
+        if self.pending:
+            if self.cuda:
+                self.event.synchronize()  # the copy started one check ago: long done
+            done = bool(self.host)
+        flag = finished.all()
+        if self.cuda:
+            self.host.copy_(flag, non_blocking=True)
+            self.event.record()
+        else:
+            self.host = flag
+        self.pending = True
+        return done
+
+
+def _defer_done_poll(device: torch.device) -> bool:
+    return device.type == "cuda"
 
 
 def _cache_dtype(model: Echolancer, device: torch.device) -> torch.dtype:
@@ -287,10 +443,12 @@ def generate(
         vq_tokens, vq_token_lens: (B, R) reference codec tokens and (B,) lengths (vq_token_mode).
         compile: with the cache, capture the one-step decode in a CUDA graph (CUDA) or compile it
             with Inductor (CPU). Shapes are static: the cache holds exactly ``max_length`` positions.
+            On CUDA the captured step is kept (:func:`static_decoder`): a later call with the same
+            batch size, ``max_length``, dtype, device and text-length bucket replays it.
         min_length: EOS and the stop head are ignored before this many tokens (benchmarks use
             ``min_length=max_length`` to time full-length generation).
-        sync_every: steps between checks whether every row is done (each check waits for the
-            device; results do not depend on it).
+        sync_every: steps between checks whether every row is done (on CUDA a check reads the
+            previous check's answer, copied without waiting; results do not depend on it).
         min_tokens_per_text_token, max_tokens_per_text_token: per-row length bounds relative to
             the text: a row cannot stop before floor(min·S_b) tokens and is cut (and reported in
             ``hit_max_length``) at ceil(max·S_b), never beyond ``max_length``. None = no bound.
@@ -345,8 +503,12 @@ def _generate(
     enc = model.encode(speakers, texts, src_lens, em_hidden, vq_tokens, vq_token_lens)
 
     if use_cache:
-        state = model.init_decode_state(enc, max_length, _cache_dtype(model, device))
-        step_fn = _step_function(model, state, B, compile)
+        if _uses_static_decoder(device, compile):
+            state, step_fn = static_decoder(model, enc, B, max_length, _cache_dtype(model, device),
+                                            graph=device.type == "cuda")
+        else:
+            state = model.init_decode_state(enc, max_length, _cache_dtype(model, device))
+            step_fn = _step_function(model, state, B, compile)
         positions = torch.arange(max_length, device=device)
     else:
         # Decoder inputs so far: BOS, then each row's tokens (PAD once a row has stopped).
@@ -366,6 +528,7 @@ def _generate(
     is_eos = torch.zeros(model.n_vocab, dtype=torch.bool, device=device)
     is_eos[eos] = True
     prev = torch.full((B, 1), bos, dtype=torch.long, device=device)
+    all_done = _DonePoll(device, deferred=_defer_done_poll(device))
 
     steps = 0
     for t in range(max_length):
@@ -408,7 +571,7 @@ def _generate(
         if seen is not None:
             seen[torch.arange(B, device=device), token] |= ~finished  # stopped rows record nothing
 
-        if (t + 1) % sync_every == 0 and bool(finished.all()):
+        if (t + 1) % sync_every == 0 and all_done(finished):
             break
 
     # Keep the columns up to the last step any row ran (its stopping step included).

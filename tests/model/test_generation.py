@@ -376,3 +376,120 @@ def test_length_bounds_come_from_the_data_unless_the_config_sets_them():
     assert length_bounds(None, None, 1.5, None) == (None, None)  # no stats: no bound
     with pytest.raises(ValueError, match="no utterance"):
         length_ratio_stats([0], [5])
+
+
+# ---- decode state reused across calls (what lets CUDA graphs be captured once) -------------------
+
+
+def _texts(lengths, S, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 30, (len(lengths), S), generator=g), torch.tensor(lengths)
+
+
+def test_reused_decode_state_gives_the_tokens_of_a_fresh_state(monkeypatch):
+    import model.generation as generation
+
+    model = make_model()
+    spk = torch.arange(3) % 4
+    calls = [(_texts((12, 7, 3), 12, seed=1), None),  # text bucket 64
+             (_texts((20, 15, 9), 20, seed=2), torch.randn(3, 384, generator=torch.Generator().manual_seed(5))),
+             (_texts((70, 30, 2), 70, seed=3), None)]  # bucket 128: a second decoder
+    fresh = [generate(model, spk, t, lens, em_hidden=em, max_length=MAX_LEN, temperature=0.0)
+             for (t, lens), em in calls]
+    assert not torch.equal(fresh[0].tokens, fresh[1].tokens)  # the calls really differ
+    # The CPU runs eager decode_step on the reusable state (the CUDA path replays a graph on it).
+    monkeypatch.setattr(generation, "_uses_static_decoder", lambda device, compile: True)
+    generation._DECODERS.pop(model, None)
+    states, pointers = [], []
+    for ((t, lens), em), ref in zip(calls, fresh):
+        res = generate(model, spk, t, lens, em_hidden=em, max_length=MAX_LEN, temperature=0.0)
+        assert torch.equal(res.tokens, ref.tokens) and torch.equal(res.lengths, ref.lengths)
+        torch.testing.assert_close(res.gate, ref.gate, atol=1e-5, rtol=1e-4)
+        decoders = generation._DECODERS[model][1]
+        static = next(reversed(decoders.values()))[0]
+        states.append(static)
+        pointers.append([kb.data_ptr() for kb, _ in static.state.cross_kv] + [static.state.cond.data_ptr()])
+    assert states[0] is states[1] and pointers[0] == pointers[1]  # same bucket: same buffers
+    assert states[2] is not states[0] and states[2].text_len == 128
+    assert len(generation._DECODERS[model][1]) == 2
+
+
+def test_reused_decode_state_is_dropped_when_the_weights_move(monkeypatch):
+    import model.generation as generation
+
+    model = make_model()
+    spk, texts, lens = make_batch()
+    monkeypatch.setattr(generation, "_uses_static_decoder", lambda device, compile: True)
+    generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0)
+    first = next(iter(generation._DECODERS[model][1].values()))[0]
+    model.load_state_dict(model.state_dict())  # copies in place: same addresses, kept
+    generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0)
+    assert next(iter(generation._DECODERS[model][1].values()))[0] is first
+    model.double()  # new weight tensors (and a new dtype): a new state
+    res = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0)
+    entries = list(generation._DECODERS[model][1].values())
+    assert len(entries) == 1 and entries[0][0] is not first
+    assert entries[0][0].state.caches[0].k.dtype == torch.float64
+    monkeypatch.setattr(generation, "_uses_static_decoder", lambda device, compile: False)
+    assert torch.equal(res.tokens, generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0).tokens)
+
+
+def test_deferred_done_poll_changes_no_result(monkeypatch):
+    import model.generation as generation
+
+    model = make_model()
+    spk, texts, lens = make_batch()
+    runs = []
+    for deferred in (False, True):
+        monkeypatch.setattr(generation, "_defer_done_poll", lambda device, d=deferred: d)
+        hook = model.head.register_forward_hook(ForceAtStep({0: 2, 1: 6, 2: 4}, col=model.eos_id))
+        try:
+            runs.append(generate(model, spk, texts, lens, max_length=1000, temperature=0.0, sync_every=4))
+        finally:
+            hook.remove()
+    now, later = runs
+    assert torch.equal(now.tokens, later.tokens) and torch.equal(now.lengths, later.lengths)
+    assert torch.equal(now.gate, later.gate) and torch.equal(now.hit_max_length, later.hit_max_length)
+    assert (now.steps, later.steps) == (8, 12)  # the answer of the check at step 8 is read at step 12
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
+def test_cuda_graph_is_captured_once_and_replayed_by_later_calls(monkeypatch):
+    import model.generation as generation
+
+    captures = []
+
+    class CountingStep(generation.CudaGraphStep):
+        def __init__(self, *args, **kwargs):
+            captures.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "CudaGraphStep", CountingStep)
+    model = make_model().cuda()
+    spk = (torch.arange(3) % 4).cuda()
+    for i, (lengths, S) in enumerate((((12, 7, 3), 12), ((20, 15, 9), 20), ((9, 9, 1), 9))):
+        texts, lens = (t.cuda() for t in _texts(lengths, S, seed=i))
+        eager = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0)
+        graph = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0, compile=True)
+        assert torch.equal(graph.tokens, eager.tokens) and torch.equal(graph.lengths, eager.lengths)
+        torch.testing.assert_close(graph.gate, eager.gate, atol=1e-4, rtol=1e-3)
+    assert len(captures) == 1
+    generate(model, spk, texts, lens, max_length=MAX_LEN + 8, temperature=0.0, compile=True)
+    assert len(captures) == 2  # another max_length: another graph
+
+
+def test_reused_decode_state_does_not_keep_the_model_alive(monkeypatch):
+    import gc
+    import weakref
+
+    import model.generation as generation
+
+    model = make_model()
+    spk, texts, lens = make_batch()
+    monkeypatch.setattr(generation, "_uses_static_decoder", lambda device, compile: True)
+    generate(model, spk, texts, lens, max_length=8, temperature=0.0)
+    ref = weakref.ref(model)
+    n = len(generation._DECODERS)
+    del model
+    gc.collect()
+    assert ref() is None and len(generation._DECODERS) == n - 1
