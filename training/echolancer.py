@@ -38,14 +38,19 @@ from model.loss import EcholancerLoss
 from model.pretrained import export_echolancer
 from pipeline import PipelineError
 from training.engine import (
+    MetricWindow,
     NonFinitePolicy,
+    StepMetrics,
     StopSignals,
     apply_optimizer_settings,
     autocast,
+    build_adam,
     check_resume_compatible,
     prepare_output_dir,
+    resolve_optimizer_impl,
     resolve_precision,
     seed_everything,
+    training_attention,
     worker_init_fn,
 )
 from training.test_interval import TestInterval
@@ -60,6 +65,9 @@ from utils.scheduler import build_scheduler
 log = logging.getLogger("echolancer.train")
 FORMAT_VERSION = 1
 BATCH_KEYS = ("speakers", "texts", "src_lens", "mels", "mel_lens", "em_hidden", "vq_tokens", "vq_token_lens")
+# A step's metrics computed on the device (read to the host once per log line, MetricWindow).
+DEVICE_METRICS = ("train/loss", "train/ce", "train/stop", "train/accuracy", "train/grad_norm",
+                  "train/tokens_per_s", "train/skipped")
 
 
 @dataclass
@@ -124,7 +132,7 @@ class Trainer:
         gen = model_cfg.generation
         self.model.length_bounds = length_bounds(gen.min_tokens_per_text_token, gen.max_tokens_per_text_token,
                                                  gen.length_margin, self.length_stats)
-        self.collate = Collate(self.model.pad_id)
+        self.collate = Collate(self.model.pad_id, pad_multiple=tc.pad_multiple)
         self.sampler = BucketBatchSampler(
             self.train_set.lengths(), tc.batch_size, tc.max_tokens, shuffle=True, seed=tc.seed,
             num_replicas=dist_info.world_size, rank=dist_info.rank,
@@ -133,7 +141,13 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = train_cfg.scheduler.total_steps or tc.max_steps or tc.epochs * steps_per_epoch
 
+        self.optimizer_impl = resolve_optimizer_impl(train_cfg.optimizer.impl, self.device)
         self.optimizer = self._build_optimizer()
+        # A fused optimizer skips a non-finite step on the device (its found_inf input): the step's
+        # finiteness is then read with the metrics, not every step (docs/DESIGN.md, "Host syncs").
+        self.deferred_nonfinite = self.optimizer_impl == "fused"
+        self._pending_flags: list[torch.Tensor] = []
+        self._attention, attention_what = training_attention(self.device)
         sc = train_cfg.scheduler
         self.scheduler = build_scheduler(self.optimizer, sc.type, sc.warmup_steps, self.total_steps, sc.min_lr_ratio)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
@@ -160,16 +174,24 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = self.train_model = DDP(self.model, device_ids=ids)
         if tc.compile:
-            self.train_model = torch.compile(self.train_model)
+            # Dynamic shapes: one graph for every batch length (the collate rounds lengths to
+            # training.pad_multiple), not a recompile per new bucket.
+            self.train_model = torch.compile(self.train_model, dynamic=True)
+        self._train_loader: Optional[DataLoader] = None
 
         self.logger = Logger(
             paths.output_dir, project=train_cfg.wandb.project, mode=train_cfg.wandb.mode,
             run_name=train_cfg.wandb.run_name, entity=train_cfg.wandb.entity, enabled=dist_info.is_main,
             config={"model": config_to_dict(model_cfg), "train": config_to_dict(train_cfg),
                     "n_parameters": self.model.num_parameters(), "world_size": dist_info.world_size,
-                    "precision": self.precision},
+                    "precision": self.precision, "optimizer_impl": self.optimizer_impl},
             run_id=self.wandb_run_id,
         )
+        if dist_info.is_main:
+            log.info("optimizer: %s, %s implementation (optimizer.impl = %s); %s; %s", train_cfg.optimizer.type,
+                     self.optimizer_impl, train_cfg.optimizer.impl, attention_what,
+                     f"torch.compile (dynamic shapes, lengths padded to multiples of {tc.pad_multiple})"
+                     if tc.compile else "not compiled")
         self.wandb_run_id = self.logger.run_id or self.wandb_run_id
         self.tester = None
         if dist_info.is_main:
@@ -193,17 +215,24 @@ class Trainer:
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": oc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        cls = torch.optim.AdamW if oc.type == "adamw" else torch.optim.Adam
-        return cls(groups, lr=oc.learning_rate, betas=tuple(oc.betas), eps=oc.eps)
+        return build_adam(oc.type, groups, self.optimizer_impl, lr=oc.learning_rate, betas=tuple(oc.betas),
+                          eps=oc.eps)
 
-    def _loader(self, dataset: EcholancerDataset, sampler: BucketBatchSampler) -> DataLoader:
+    def _loader(self, dataset: EcholancerDataset, sampler: BucketBatchSampler, persistent: bool = False) -> DataLoader:
         nw = self.tcfg.training.num_workers
         # An explicit generator keeps DataLoader seeding off the global RNG (exact resume).
         return DataLoader(
             dataset, batch_sampler=sampler, collate_fn=self.collate, num_workers=nw,
             pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(self.tcfg.training.seed),
-            worker_init_fn=worker_init_fn if nw > 0 else None,
+            worker_init_fn=worker_init_fn if nw > 0 else None, persistent_workers=persistent and nw > 0,
         )
+
+    def train_loader(self) -> DataLoader:
+        """The training DataLoader, built once: its workers persist across epochs (``iter()`` reads the
+        sampler's epoch and position again; the dataset's epoch is in shared memory)."""
+        if self._train_loader is None:
+            self._train_loader = self._loader(self.train_set, self.sampler, persistent=True)
+        return self._train_loader
 
     def _autocast(self):
         return autocast(self.precision, self.device)
@@ -237,6 +266,7 @@ class Trainer:
 
     def save(self, val_loss: Optional[float] = None, rng: Optional[dict] = None) -> Optional[str]:
         """Save on rank 0 (every rank must call: RNG states are gathered from all of them)."""
+        self._resolve_nonfinite()  # the checkpoint's non-finite count is exact
         states = all_gather_objects(rng if rng is not None else capture_rng_state())
         self._saved_step = self.step
         if not self.dist.is_main:
@@ -311,16 +341,22 @@ class Trainer:
             out = model(**batch, cross_bias=bias)
         return self.criterion(out, normalizer=normalizer)
 
-    def train_step(self, micro: list[dict]) -> Optional[dict[str, float]]:
-        """One optimizer step over the micro-batches ``micro``.
+    def train_step(self, micro: list[dict]) -> Optional[StepMetrics]:
+        """One optimizer step over the micro-batches ``micro`` (CPU batches, as the loader gives them).
 
         Returns:
-            metrics of the step, or None if a stop was requested mid-accumulation (nothing applied).
+            the step's metrics (kept on the device until read, see :class:`StepMetrics`), or None if a
+            stop was requested mid-accumulation (nothing applied).
         """
+        with self._attention():  # the pinned SDPA backends (engine.TRAINING_SDPA_BACKENDS)
+            return self._train_step(micro)
+
+    def _train_step(self, micro: list[dict]) -> Optional[StepMetrics]:
         tc = self.tcfg.training
         t0 = time.perf_counter()
+        # Token count from the CPU batch, before it moves: no device read. + EOS per row.
+        n_local = sum(sum(b["mel_lens"].tolist()) + len(b["mel_lens"]) for b in micro)
         batches = [self._to_device(b) for b in micro]
-        n_local = sum(int(b["mel_lens"].sum()) + len(b["mel_lens"]) for b in batches)  # + EOS per row
         n_global = all_reduce_sum(torch.tensor(float(n_local), device=self.device))
         # DDP averages gradients over ranks; multiply back so the step is sum / n_global overall.
         scale = float(self.dist.world_size)
@@ -343,25 +379,31 @@ class Trainer:
 
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip_thresh)
-        flags = torch.tensor([float(not math.isfinite(float(totals[0]))), float(not math.isfinite(float(grad_norm)))],
-                             device=self.device)
-        loss_bad, grad_bad = (bool(f > 0) for f in all_reduce_max(flags))
-        skipped = loss_bad or grad_bad
-        if skipped:
-            # With fp16 an overflowing gradient is the scaler's normal calibration (it halves the
-            # scale and skips); only a non-finite loss counts towards stopping the run then.
-            if loss_bad or not self.scaler.is_enabled():
-                self.nonfinite.record(False)
-            else:
-                self.nonfinite.total += 1
+        # (loss non-finite, gradient non-finite) on this rank, then on any rank: on the device.
+        flags = all_reduce_max(torch.stack([~torch.isfinite(totals[0]), ~torch.isfinite(grad_norm)]).float())
+        skipped = flags.amax()
+        if self.deferred_nonfinite:
+            # The fused optimizer applies no update when found_inf is non-zero (weights, moments and
+            # its step counts stay as they were), so the decision never leaves the device; the
+            # policy learns of the step at the next read (_resolve_nonfinite).
+            self.optimizer.grad_scale, self.optimizer.found_inf = None, skipped
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.grad_scale, self.optimizer.found_inf
             if self.scaler.is_enabled():
-                self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.update()  # unscale_ recorded the overflow: the scale halves on one
+            self._pending_flags.append(flags)
         else:
-            self.nonfinite.record(True)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
+            loss_bad, grad_bad = (f > 0 for f in flags.tolist())  # the one read of this step
+            self._record_nonfinite(loss_bad, grad_bad)
+            if loss_bad or grad_bad:
+                if self.scaler.is_enabled():
+                    self.scaler.update()
+            else:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this update used
         prior_w = self.prior_weight()  # the weight this update used
         # The LR is a function of the step; a skipped step still advances it (it consumed data).
@@ -369,18 +411,29 @@ class Trainer:
         self.step += 1
         all_reduce_sum(totals)
         dt = time.perf_counter() - t0
-        return {
-            "train/loss": float(totals[0]),
-            "train/ce": float(totals[1]),
-            "train/stop": float(totals[2]),
-            "train/accuracy": float(totals[3]) / max(float(n_global), 1.0),
-            "train/grad_norm": float(grad_norm),
-            "train/lr": lr,
-            "train/tokens_per_s": float(n_global) / max(dt, 1e-9),
-            "train/nonfinite_skips": float(self.nonfinite.total),
-            "train/skipped": float(skipped),
-            "train/align_prior_weight": prior_w,
-        }
+        # float64, so the window's device sums equal the host sums of the per-step floats bit for bit.
+        t64, n64 = totals.double(), n_global.double()
+        values = torch.stack([t64[0], t64[1], t64[2], t64[3] / n64.clamp_min(1.0), grad_norm.detach().double(),
+                              n64 / max(dt, 1e-9), skipped.double()])
+        return StepMetrics(DEVICE_METRICS, values, {"train/lr": lr, "train/align_prior_weight": prior_w})
+
+    def _record_nonfinite(self, loss_bad: bool, grad_bad: bool) -> None:
+        if loss_bad or grad_bad:
+            # With fp16 an overflowing gradient is the scaler's normal calibration (it halves the
+            # scale and skips); only a non-finite loss counts towards stopping the run then.
+            if loss_bad or not self.scaler.is_enabled():
+                self.nonfinite.record(False)
+            else:
+                self.nonfinite.total += 1
+        else:
+            self.nonfinite.record(True)
+
+    def _resolve_nonfinite(self) -> None:
+        """Feed the steps' device-side finiteness flags to the policy, in step order (one read)."""
+        if self._pending_flags:
+            flags, self._pending_flags = torch.stack(self._pending_flags).tolist(), []
+            for loss_bad, grad_bad in flags:
+                self._record_nonfinite(loss_bad > 0, grad_bad > 0)
 
     # ---- validation -----------------------------------------------------------------------------
 
@@ -445,6 +498,13 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------------------
 
     def _stop_now(self) -> bool:
+        """Whether a stop was requested. One process: the host flag (free), every step. Several: the
+        flag all-reduced (a collective and a host read) every ``training.check_step`` steps; every
+        rank reaches the same steps, so all of them take part and stop together."""
+        if not self.dist.enabled:
+            return self._stop_requested
+        if self.step % self.tcfg.training.check_step != 0:
+            return False
         flag = torch.tensor(float(self._stop_requested), device=self.device)
         return bool(all_reduce_max(flag) > 0)
 
@@ -455,7 +515,8 @@ class Trainer:
         max_steps = tc.max_steps if tc.max_steps is not None else math.inf
         bar = tqdm(total=min(max_steps, tc.epochs * self.steps_per_epoch), initial=self.step,
                    disable=not self.dist.is_main, dynamic_ncols=True, desc="train")
-        window: list[dict[str, float]] = []
+        window = MetricWindow(last_keys=("train/lr",))
+        self._max_steps = max_steps
         self.model.train()
         try:
             while status == "finished" and self.epoch < tc.epochs and self.step < max_steps:
@@ -489,13 +550,13 @@ class Trainer:
             self.logger.finish()
         return TrainResult(status, self.step, self.epoch, self.early_stopping.best_loss, self.last_checkpoint)
 
-    def _run_epoch(self, max_steps: float, bar: tqdm, window: list[dict[str, float]]) -> tuple[str, bool]:
+    def _run_epoch(self, max_steps: float, bar: tqdm, window: MetricWindow) -> tuple[str, bool]:
         """Steps through the rest of the current epoch. Returns (status, whether the epoch was exhausted)."""
         tc = self.tcfg.training
         self.sampler.set_epoch(self.epoch)
         self.sampler.set_position(self.epoch_position)
         self.train_set.set_epoch(self.epoch)
-        it = iter(self._loader(self.train_set, self.sampler))
+        it = iter(self.train_loader())
         while self.step < max_steps:
             self._boundary_rng = capture_rng_state()
             micro = [b for _, b in zip(range(tc.grad_acc_step), it)]
@@ -508,29 +569,32 @@ class Trainer:
                 # A stop in the middle of an accumulation cycle discards it and saves the boundary state.
                 self.save(rng=self._boundary_rng if metrics is None else None)
                 return "interrupted", False
-            window.append(metrics)
+            window.add(metrics)  # stays on the device until the log step reads the window
             bar.update(1)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.2e}",
-                            tok_s=f"{metrics['train/tokens_per_s']:.0f}")
-            status = self._periodic(window)
+            status = self._periodic(window, bar)
             if status != "finished":
                 return status, False
         return "finished", False
 
-    def _periodic(self, window: list[dict[str, float]]) -> str:
+    def _periodic(self, window: MetricWindow, bar: Optional[tqdm] = None) -> str:
         """Logging, validation, saving and testing after a step; returns the run status."""
         tc = self.tcfg.training
+        if (self.step % tc.check_step == 0 or self.step % tc.log_step == 0
+                or self.step >= getattr(self, "_max_steps", math.inf)):
+            self._resolve_nonfinite()  # no-op unless the optimizer skips on the device (fused)
         if self.nonfinite.should_stop:
             self.save()
             log.error("%s; last good state saved to %s", self.nonfinite.message(self.step), self.last_checkpoint)
             return "nonfinite"
         if self.step % tc.log_step == 0:
-            avg = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
-            avg["train/lr"] = window[-1]["train/lr"]
-            avg["train/nonfinite_skips"] = window[-1]["train/nonfinite_skips"]
+            avg = window.mean()  # the window's one host read: means over its steps, the last LR
+            avg["train/nonfinite_skips"] = float(self.nonfinite.total)  # resolved above: as of this step
             avg["train/epoch"] = float(self.epoch)
             self.logger.log(avg, self.step)
             window.clear()
+            if bar is not None:
+                bar.set_postfix(loss=f"{avg['train/loss']:.3f}", lr=f"{avg['train/lr']:.2e}",
+                                tok_s=f"{avg['train/tokens_per_s']:.0f}")
         if self.val_set is not None and self.step % tc.val_step == 0:
             self._after_validation(self.validate())
             if self.early_stopping.should_stop:

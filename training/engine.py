@@ -16,7 +16,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from typing import Any, Optional
 
@@ -157,6 +157,10 @@ class NonFinitePolicy:
         self.limit = limit
         self.streak = 0
         self.total = 0
+        # Latched when the streak reaches the limit: a recipe that learns of its steps' finiteness
+        # late (flags kept on the device, read every few steps) still stops when a later finite step
+        # reset the streak in the meantime.
+        self.tripped = False
 
     def record(self, finite: bool) -> None:
         if finite:
@@ -164,14 +168,132 @@ class NonFinitePolicy:
         else:
             self.streak += 1
             self.total += 1
+            self.tripped = self.tripped or self.streak >= self.limit
 
     @property
     def should_stop(self) -> bool:
-        return self.streak >= self.limit
+        return self.tripped or self.streak >= self.limit
 
     def message(self, step: int, key: str = "training.max_nonfinite_steps") -> str:
-        return (f"stopping at step {step}: {self.streak} steps in a row had a non-finite loss or gradient "
+        n = max(self.streak, self.limit) if self.tripped else self.streak
+        return (f"stopping at step {step}: {n} steps in a row had a non-finite loss or gradient "
                 f"({key} = {self.limit}); lower the learning rate, clip gradients or use fp32")
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer, attention backends, metrics without host syncs
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_optimizer_impl(requested: str, device: torch.device) -> str:
+    """``auto``: ``fused`` on CUDA (one kernel per step, and it can skip a step on the device through
+    its ``found_inf`` input, without a host sync), ``foreach`` elsewhere. ``fused`` is also valid on
+    the CPU (torch has a CPU fused Adam); ``foreach`` and ``fused`` are otherwise what they say."""
+    if requested == "auto":
+        return "fused" if device.type == "cuda" else "foreach"
+    return requested
+
+
+def build_adam(kind: str, params: Any, impl: str, **kwargs: Any) -> torch.optim.Optimizer:
+    """``torch.optim.AdamW`` (``kind="adamw"``) or ``Adam`` with the resolved implementation ``impl``."""
+    cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+    flags = {"fused": {"fused": True}, "foreach": {"foreach": True}}[impl]
+    return cls(params, **flags, **kwargs)
+
+
+# Scaled-dot-product-attention kernels a training step may use. cuDNN attention is left out on
+# purpose: it has open reports of NaN gradients in the backward pass for some sequence lengths on
+# Hopper (H100/H200), and with an ALiBi float bias training otherwise runs the memory-efficient
+# kernel while evaluation could pick cuDNN. Flash, memory-efficient and math cover every case
+# (math is the always-available fallback); the CPU has none of the excluded kernels, so pinning
+# changes nothing there.
+TRAINING_SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+
+
+def sdpa_kernel(backends: list) -> Any:
+    """``torch.nn.attention.sdpa_kernel`` (a module-level name so tests can watch it)."""
+    from torch.nn.attention import sdpa_kernel as _sdpa_kernel
+
+    return _sdpa_kernel(backends)
+
+
+def training_attention(device: torch.device) -> tuple[Callable[[], Any], str]:
+    """A context factory that pins the SDPA backends for training steps, and its description for the
+    start-up log."""
+    from torch.nn.attention import SDPBackend
+
+    backends = [getattr(SDPBackend, name) for name in TRAINING_SDPA_BACKENDS]
+    names = ", ".join(n.lower().replace("_attention", "") for n in TRAINING_SDPA_BACKENDS)
+    what = f"SDPA backends pinned for training on {device.type}: {names} (cuDNN attention excluded)"
+    return (lambda: sdpa_kernel(backends)), what
+
+
+class StepMetrics(Mapping):
+    """One step's metrics, kept where they were computed.
+
+    ``device``: a float64 tensor on the training device, one value per name in ``device_keys``
+    (nothing is read to the host while training runs); ``host``: plain floats. Reading a key
+    (``m["train/loss"]``) reads the device values to the host: one sync, for tests and callers that
+    want numbers now. :class:`MetricWindow` adds them up on the device instead.
+    """
+
+    def __init__(self, device_keys: tuple[str, ...], device: torch.Tensor, host: dict[str, float]) -> None:
+        self.device_keys, self.device, self.host = device_keys, device, host
+        self._read: Optional[dict[str, float]] = None
+
+    def _all(self) -> dict[str, float]:
+        if self._read is None:
+            self._read = {**dict(zip(self.device_keys, self.device.tolist())), **self.host}
+        return self._read
+
+    def __getitem__(self, key: str) -> float:
+        return self._all()[key]
+
+    def __iter__(self):
+        return iter((*self.device_keys, *self.host))
+
+    def __len__(self) -> int:
+        return len(self.device_keys) + len(self.host)
+
+
+class MetricWindow:
+    """The steps since the last log line: device values summed on the device, host values kept.
+
+    :meth:`mean` reads the device sums once (one host sync per log line) and gives what averaging
+    the steps' floats one by one gave: the device sums are float64 and added in step order, as
+    Python's ``sum`` of floats does, so the logged numbers are the same bits. ``last_keys`` take the
+    window's last value instead of its mean.
+    """
+
+    def __init__(self, last_keys: tuple[str, ...] = ()) -> None:
+        self.last_keys = last_keys
+        self.clear()
+
+    def clear(self) -> None:
+        self.n = 0
+        self._sum: Optional[torch.Tensor] = None
+        self._keys: tuple[str, ...] = ()
+        self._host: list[dict[str, float]] = []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def add(self, m: StepMetrics) -> None:
+        self._sum = m.device.clone() if self._sum is None else self._sum.add_(m.device)
+        self._keys = m.device_keys
+        self._host.append(m.host)
+        self.n += 1
+
+    def mean(self) -> dict[str, float]:
+        if not self.n:
+            return {}
+        out = {k: v / self.n for k, v in zip(self._keys, self._sum.tolist())}  # the one read
+        for k in self._host[0]:
+            out[k] = self._host[-1][k] if k in self.last_keys else sum(h[k] for h in self._host) / self.n
+        for k in self.last_keys:
+            if k in out and k not in self._host[0]:
+                raise KeyError(f"{k}: a last-value key must be a host value")
+        return out
 
 
 # --------------------------------------------------------------------------------------------

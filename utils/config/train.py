@@ -19,6 +19,9 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1.0e-8
     weight_decay: float = 0.01
+    # auto: fused on CUDA (one kernel; skips a non-finite step on the device, no host sync),
+    # foreach elsewhere. fused also runs on the CPU.
+    impl: Literal["auto", "fused", "foreach"] = "auto"
 
     def check(self) -> None:
         _require(self.learning_rate > 0, "learning_rate must be > 0")
@@ -90,7 +93,9 @@ class TrainingSection:
     grad_acc_step: int = 1
     grad_clip_thresh: float = 1.0
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    compile: bool = False
+    compile: bool = False  # torch.compile with dynamic shapes
+    pad_multiple: int = 16  # batches' text/audio lengths rounded up to a multiple (few shapes to compile)
+    check_step: int = 10  # steps between host reads of the device-side stop/non-finite flags (see DESIGN.md)
     num_workers: int = 2
     seed: int = 1234
     log_step: int = 10
@@ -114,7 +119,7 @@ class TrainingSection:
         _require(self.test_temperature >= 0.0, "test_temperature must be >= 0")
         _require(self.eval_step is None or self.eval_step > 0, "eval_step must be > 0 or null")
         for name in ("log_step", "val_step", "save_step", "test_step", "keep_last", "test_max_length",
-                     "max_nonfinite_steps"):
+                     "max_nonfinite_steps", "pad_multiple", "check_step"):
             _require(getattr(self, name) > 0, f"{name} must be > 0")
 
 
