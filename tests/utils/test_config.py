@@ -136,3 +136,19 @@ def test_audio_settings_are_top_level_in_every_kind_and_the_old_place_still_read
     assert config_from_dict(ModelConfig, saved) == ModelConfig()
     with pytest.raises(ConfigError, match="given twice"):
         load_config(write(tmp_path, {"audio": {"hop_length": 256}, "preprocessing": {"audio": {"hop_length": 128}}}))
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("pad_multiple", 0, r"pad_multiple must be > 0"),
+    ("check_step", 0, r"check_step must be > 0"),
+])
+def test_training_speed_keys_are_validated(tmp_path, key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, {"training": {key: value}}, "train.yaml"), schema=TrainConfig)
+
+
+def test_optimizer_impl_lists_its_choices_and_the_speed_keys_have_defaults(tmp_path):
+    with pytest.raises(ConfigError, match=r"optimizer.impl.*'auto', 'fused', 'foreach'"):
+        load_config(write(tmp_path, {"optimizer": {"impl": "apex"}}, "train.yaml"), schema=TrainConfig)
+    cfg = load_config(write(tmp_path, {"training": {"batch_size": 2}}, "train.yaml"), schema=TrainConfig)
+    assert (cfg.optimizer.impl, cfg.training.pad_multiple, cfg.training.check_step) == ("auto", 16, 10)
