@@ -357,7 +357,8 @@ class Trainer:
         # Token count from the CPU batch, before it moves: no device read. + EOS per row.
         n_local = sum(sum(b["mel_lens"].tolist()) + len(b["mel_lens"]) for b in micro)
         batches = [self._to_device(b) for b in micro]
-        n_global = all_reduce_sum(torch.tensor(float(n_local), device=self.device))
+        # torch.full is a fill kernel; torch.tensor(x, device=cuda) would be a blocking copy (a sync).
+        n_global = all_reduce_sum(torch.full((), float(n_local), device=self.device))
         # DDP averages gradients over ranks; multiply back so the step is sum / n_global overall.
         scale = float(self.dist.world_size)
         totals = torch.zeros(4, device=self.device)  # loss, ce, stop, correct tokens
