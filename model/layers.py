@@ -252,6 +252,7 @@ def flex_cross_attention_mask(src_pad: Tensor, cross_bias: Optional[Tensor] = No
 
 
 _compiled_flex: Optional[Callable] = None
+_FLEX_RECOMPILE_LIMIT = 64
 
 
 def run_flex_attention(q: Tensor, k: Tensor, v: Tensor, mask: FlexMask) -> Tensor:
@@ -266,8 +267,14 @@ def run_flex_attention(q: Tensor, k: Tensor, v: Tensor, mask: FlexMask) -> Tenso
     kwargs = dict(score_mod=mask.score_mod, block_mask=mask.block_mask, enable_gqa=k.shape[1] != q.shape[1])
     if q.device.type == "cuda":
         if _compiled_flex is None:
-            _compiled_flex = torch.compile(flex_attention, dynamic=False)
-        return _compiled_flex(q, k, v, **kwargs)
+            # Default dynamic: a second length compiles a length-generic kernel (static shapes
+            # would recompile for every bucket). A fresh score_mod closure over new tensors does
+            # not recompile; each kind (encoder, decoder, cross ± prior) and grad mode compiles
+            # apart, which can pass Dynamo's default limit of 8 (then it would fall back to the
+            # slow eager path), hence the higher limit for this call.
+            _compiled_flex = torch.compile(flex_attention)
+        with torch._dynamo.config.patch(recompile_limit=_FLEX_RECOMPILE_LIMIT):
+            return _compiled_flex(q, k, v, **kwargs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
         return flex_attention(q, k, v, **kwargs)
