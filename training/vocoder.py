@@ -53,9 +53,11 @@ from training.engine import (
     StopSignals,
     amp_dtype,
     apply_optimizer_settings,
+    build_adam,
     check_resume_compatible,
     prepare_output_dir,
     resolve_device,
+    resolve_optimizer_impl,
     resolve_precision,
     seed_everything,
     worker_init_fn,
@@ -177,9 +179,12 @@ class VocoderTrainer:
         self.istft = ISTFT(g.gen_istft_n_fft, g.gen_istft_hop_size).to(device)
         self.discriminators = Discriminators(cfg.discriminator).to(device)
         o = cfg.optimizer
+        # auto: fused on CUDA, foreach elsewhere (the engine's one meaning; logged at start-up).
+        self.optimizer_impl = resolve_optimizer_impl(o.impl, device)
 
         def adamw(params) -> torch.optim.AdamW:
-            return torch.optim.AdamW(params, lr=o.learning_rate, betas=tuple(o.betas), weight_decay=o.weight_decay)
+            return build_adam("adamw", params, self.optimizer_impl, lr=o.learning_rate, betas=tuple(o.betas),
+                              weight_decay=o.weight_decay)
 
         self.opt_g = adamw(self.generator.parameters())
         self.opt_d = adamw(self.discriminators.parameters())
@@ -419,8 +424,9 @@ def train(cfg: VocoderConfig, data_dir: str, output_dir: str, resume: Optional[s
 
     logger = Logger(output_dir, project=cfg.wandb.project, mode=cfg.wandb.mode, run_name=cfg.wandb.run_name,
                     entity=cfg.wandb.entity, config=config_to_dict(cfg), run_id=run_id)
-    log.info("%d training / %d validation files; device %s, precision %s; generator %.2fM params, "
-             "discriminators %.2fM", len(train_files), len(val_files), dev, trainer.precision,
+    log.info("%d training / %d validation files; device %s, precision %s, %s AdamW (optimizer.impl = %s); "
+             "generator %.2fM params, discriminators %.2fM", len(train_files), len(val_files), dev, trainer.precision,
+             trainer.optimizer_impl, cfg.optimizer.impl,
              sum(p.numel() for p in trainer.generator.parameters()) / 1e6,
              sum(p.numel() for p in trainer.discriminators.parameters()) / 1e6)
     last_checkpoint: Optional[str] = None

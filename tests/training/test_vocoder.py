@@ -190,6 +190,15 @@ def test_cli_run_checkpoints_logs_and_writes_samples(trained):
     assert sr == SR and len(data) % 256 == 0 and len(data) > 0
 
 
+def test_the_optimizer_implementation_is_foreach_on_the_cpu_fused_on_request_and_logged(trained):
+    # auto = fused AdamW on CUDA (engine.resolve_optimizer_impl), foreach elsewhere.
+    cpu = VocoderTrainer(fast_config(), torch.device("cpu"))
+    assert cpu.optimizer_impl == "foreach" and cpu.opt_g.defaults["foreach"] and not cpu.opt_g.defaults["fused"]
+    fused = VocoderTrainer(fast_config("optimizer.impl=fused"), torch.device("cpu"))
+    assert fused.opt_g.defaults["fused"] and fused.opt_d.defaults["fused"]
+    assert "foreach AdamW (optimizer.impl = auto)" in open(os.path.join(trained, "train.log")).read()
+
+
 def test_exported_vocoder_loads_and_matches_the_checkpoint(trained):
     # The export holds the best validated weights (best.pt), like the other recipes.
     fe = ISTFTNetFE.load_ts(os.path.join(trained, "export"), "cpu")

@@ -100,6 +100,7 @@ class VocoderOptimizerConfig:
     weight_decay: float = 0.01
     lr_decay: float = 0.999
     lr_decay_every: int = 1000  # steps between multiplications by lr_decay (about one LJSpeech epoch)
+    impl: Literal["auto", "fused", "foreach"] = "auto"  # AdamW kernel: auto = fused on CUDA, foreach elsewhere
 
     def check(self) -> None:
         _require(self.learning_rate > 0, "learning_rate must be > 0")
