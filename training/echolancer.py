@@ -55,7 +55,7 @@ from training.engine import (
 )
 from training.test_interval import TestInterval
 from utils.checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
-from utils.config import ConfigError, ModelConfig, TrainConfig, config_to_dict
+from utils.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from utils.distributed import DistInfo, all_gather_objects, all_reduce_max, all_reduce_sum
 from utils.early_stopping import EarlyStopping
 from utils.logger import Logger
@@ -282,9 +282,15 @@ class Trainer:
     def _resume(self, where: str) -> dict:
         """Load a checkpoint into model, optimizer, scheduler, scaler and counters; returns its RNG states."""
         ck = load_checkpoint(where, map_location="cpu")
-        saved = ck.get("model_config", {}).get("model")
-        if saved is not None:
-            check_resume_compatible(where, {"model": (saved, config_to_dict(self.mcfg)["model"])})
+        if ck.get("model_config") is not None:
+            # Read through the schema, so keys added since the checkpoint was written take their
+            # defaults (ModelConfig.check_saved refuses the ones whose default would change the model).
+            saved = config_to_dict(config_from_dict(ModelConfig, ck["model_config"], f"{where} (model_config)"))["model"]
+            current = config_to_dict(self.mcfg)["model"]
+            # The attention kernel computes the same function with the same weights: it may change.
+            for section in (saved, current):
+                section.pop("attention_backend", None)
+            check_resume_compatible(where, {"model": (saved, current)})
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         saved_total = ck.get("total_steps")

@@ -94,3 +94,25 @@ def test_checkpoints_and_exports_carry_the_data_length_ratios_that_bound_inferen
     texts, lens = torch.randint(2, 30, (2, 10)), torch.tensor([10, 6])
     res = model.infer(torch.tensor([0, 1]), texts, lens, max_length=400, temperature=0.0)
     assert res.lengths.tolist() == [int(lo / 1.5 * 10), int(lo / 1.5 * 6)]
+
+
+def test_resume_from_a_checkpoint_written_before_newer_model_keys(data, tmp_path, monkeypatch):
+    # A checkpoint from before `attention_backend` (or any key added later with a neutral default)
+    # resumes; before, the key-by-key comparison refused it ("None in the checkpoint, 'sdpa' now").
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    out = tmp_path / "run"
+    run(data, out, "training.max_steps=1", "training.save_step=1")
+    from utils.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+
+    _, path = list_checkpoints(str(out / "ckpt"))[-1]
+    state = load_checkpoint(path)
+    del state["model_config"]["model"]["attention_backend"]
+    save_checkpoint(state, path)
+    mcfg, tcfg = load_configs(MODEL_CFG, TRAIN_CFG, BASE + ["training.max_steps=2"])
+    t = Trainer(mcfg, tcfg, RunPaths(data[0], data[1], str(out), resume=path), DistInfo())
+    t.train()
+    assert t.step == 2
+    # A key that changes the model still refuses, naming it.
+    mcfg, tcfg = load_configs(MODEL_CFG, TRAIN_CFG, BASE + ["model.encoder_position=absolute"])
+    with pytest.raises(Exception, match="encoder_position"):
+        Trainer(mcfg, tcfg, RunPaths(data[0], data[1], str(out), resume=path), DistInfo())
