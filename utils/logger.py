@@ -234,7 +234,7 @@ def _has_exit_record(run_dir: str) -> bool:
     return False
 
 
-def _wait_for_exit_record(run_dir: str, timeout_s: float = 30.0) -> None:
+def _wait_for_exit_record(run_dir: str, timeout_s: float = 120.0) -> None:
     """``run.finish()`` can return before W&B's service has written the offline log to disk; wait
     for the final ``exit`` record so the files are complete when this process reads or copies them."""
     deadline = time.monotonic() + timeout_s
