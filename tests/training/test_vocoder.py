@@ -224,7 +224,7 @@ def test_exported_vocoder_loads_and_matches_the_checkpoint(trained):
 
 def test_resume_restores_step_weights_optimizers_and_the_wandb_run(trained, wav_dir, tmp_path):
     out = str(tmp_path / "run")
-    shutil.copytree(trained, out)
+    shutil.copytree(trained, out, symlinks=True)  # W&B leaves dangling log links
     state4 = load_checkpoint(os.path.join(out, "ckpt", "ckpt_000000004.pt"))
 
     fresh = VocoderTrainer(fast_config(), torch.device("cpu"))
@@ -242,7 +242,7 @@ def test_resume_restores_step_weights_optimizers_and_the_wandb_run(trained, wav_
 
 def test_resume_refuses_a_changed_architecture(trained, wav_dir, tmp_path, capsys):
     out = str(tmp_path / "run")
-    shutil.copytree(trained, out)
+    shutil.copytree(trained, out, symlinks=True)  # W&B leaves dangling log links
     assert train_vocoder.main(cli(wav_dir, out, "--resume", "--set", "generator.upsample_initial_channel=64")) == 2
     assert "generator.upsample_initial_channel: 32 in the checkpoint, 64 now" in capsys.readouterr().err
 
@@ -253,7 +253,7 @@ def test_a_fresh_run_over_a_run_is_refused_and_a_changed_learning_rate_is_applie
     # Before: a fresh run silently overwrote the old run's files; a changed learning rate was
     # silently ignored on resume (StepLR and the optimizer kept the old base rate).
     out = str(tmp_path / "run")
-    shutil.copytree(trained, out)
+    shutil.copytree(trained, out, symlinks=True)  # W&B leaves dangling log links
     assert train_vocoder.main(cli(wav_dir, out)) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert train_vocoder.main(cli(wav_dir, out, "--resume", "--set", "training.max_steps=5",
