@@ -305,7 +305,17 @@ def _recipe_trainer(device: torch.device, work: str, overrides: list[str]):
     if not os.path.isdir(data):
         create_dummy_data_files(data, mcfg, n_files=32, max_text_len=40, seed=0)
     out = os.path.join(work, f"out{len(os.listdir(work))}")
-    return Trainer(mcfg, tcfg, RunPaths(data, None, out, export=False), DistInfo(device=device))
+    # These trainers only step; they log nothing. WANDB_MODE (set by CI and the tests) would win
+    # over wandb.mode=disabled and leave an unfinished offline run behind in this process.
+    saved = os.environ.get("WANDB_MODE")
+    os.environ["WANDB_MODE"] = "disabled"
+    try:
+        return Trainer(mcfg, tcfg, RunPaths(data, None, out, export=False), DistInfo(device=device))
+    finally:
+        if saved is None:
+            del os.environ["WANDB_MODE"]
+        else:
+            os.environ["WANDB_MODE"] = saved
 
 
 def _pinned(batch: dict, device: torch.device) -> dict:

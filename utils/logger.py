@@ -85,7 +85,9 @@ class Logger:
             config=config or {},
             id=run_id,
             resume="allow" if run_id else None,
-            settings=wandb.Settings(console="off", silent=True),
+            # Each Logger is its own run. W&B's default returns a still-open run of this process
+            # instead, so a Logger made while another is unfinished would write into that run.
+            settings=wandb.Settings(console="off", silent=True, reinit="create_new"),
         )
 
     # ---- identity ------------------------------------------------------------------------------

@@ -55,3 +55,19 @@ def test_environment_mode_wins_and_bad_modes_are_rejected(tmp_path, monkeypatch)
     monkeypatch.setenv("WANDB_MODE", "sometimes")
     with pytest.raises(ValueError, match="online, offline, disabled"):
         Logger(str(tmp_path))
+
+
+def test_a_new_logger_gets_its_own_run_while_another_is_unfinished(tmp_path, monkeypatch):
+    # Before: W&B's default returned the still-open run, so the second Logger wrote into the first
+    # run's folder and its own folder stayed without a transaction log.
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    first = Logger(str(tmp_path / "first"))
+    first.log({"a": 1.0}, step=1)
+    second = Logger(str(tmp_path / "second"))
+    second.log({"b": 2.0}, step=3)
+    second.finish()
+    rows = read_offline_history(find_run_dir(str(tmp_path / "second")))
+    assert [(r["_step"], r.get("b")) for r in rows] == [(3, 2.0)]
+    first.finish()
+    rows = read_offline_history(find_run_dir(str(tmp_path / "first")))
+    assert [(r["_step"], r.get("a"), "b" in r) for r in rows] == [(1, 1.0, False)]
