@@ -29,22 +29,6 @@ TRAIN_CFG = os.path.join(ROOT, "config/train_tiny.yaml")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-
-
-@pytest.fixture
-def restore_logging():
-    # train.main() configures the root logger (a file handler in its output_dir); undo it afterwards.
-    import logging
-
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    for h in logging.root.handlers:
-        if h not in handlers:
-            h.close()
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")

@@ -3,7 +3,6 @@
 Each test here failed on the code before the training engine (see the test's comment for how).
 """
 
-import logging
 import os
 import signal
 import subprocess
@@ -34,17 +33,6 @@ BASE = ["training.batch_size=4", "training.log_step=1", "training.val_step=1000"
 @pytest.fixture(autouse=True)
 def no_wandb(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-
-
-@pytest.fixture
-def restore_logging():
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    for h in logging.root.handlers:
-        if h not in handlers:
-            h.close()
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

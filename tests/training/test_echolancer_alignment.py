@@ -1,7 +1,6 @@
 """The Echolancer recipe's alignment aid and length bounds (issue 9): what training feeds the model,
 what it logs, and what it saves for inference."""
 
-import logging
 import os
 
 import pytest
@@ -21,17 +20,6 @@ BASE = ["training.batch_size=4", "training.log_step=1", "training.val_step=2", "
         "training.test_step=1000", "training.epochs=10", "training.max_steps=4", "training.num_workers=0",
         "scheduler.warmup_steps=2", "early_stopping.restore_best=false",
         "alignment.prior_hold_steps=1", "alignment.prior_anneal_steps=2"]
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    for h in logging.root.handlers:
-        if h not in handlers:
-            h.close()
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

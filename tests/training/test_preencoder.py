@@ -1,7 +1,6 @@
 """The pre-encoder recipe (training/preencoder.py) through train_preencoder.py: train a few steps,
 resume exactly, export, load back, match eager; and the engine's guarantees."""
 
-import logging
 import os
 import shutil
 import signal
@@ -35,17 +34,6 @@ def write_wavs(folder, n: int = 4) -> None:
         f0, f1 = 200 + 150 * i, 2500 + 400 * i
         x = 0.4 * np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * t[-1]))) + 0.01 * rng.standard_normal(samples)
         sf.write(os.path.join(folder, f"clip{i}.wav"), x.astype(np.float32), 22050)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    for h in logging.root.handlers:
-        if h not in handlers:
-            h.close()
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """The vocoder recipe (training/vocoder.py) and train_vocoder.py: config, data, GAN steps, checkpoint +
 resume, W&B logging, export, and the engine's guarantees (tiny, CPU)."""
 
-import logging
 import os
 import shutil
 import signal
@@ -40,18 +39,6 @@ def write_wavs(folder) -> str:
     sf.write(os.path.join(folder, "noise.wav"), (0.1 * rng.standard_normal(int(0.5 * SR))).astype(np.float32), SR)
     sf.write(os.path.join(folder, "short.wav"), (0.3 * np.sin(2 * np.pi * 440 * t[:1500])).astype(np.float32), SR)
     return str(folder)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    # main() configures the root logger (stderr + OUT/train.log); undo it afterwards.
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    for h in logging.root.handlers:
-        if h not in handlers:
-            h.close()
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
 
 
 @pytest.fixture(scope="module")
