@@ -335,7 +335,10 @@ def _round_trip(pre, vocoder, mel: torch.Tensor) -> torch.Tensor:
 
 
 def _gen_kwargs(args: argparse.Namespace) -> dict:
-    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "max_length": args.max_length}
+    kw = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "max_length": args.max_length}
+    if args.attention_window is not None:  # else the model's own (generation.attention_window)
+        kw["attention_window"] = None if args.attention_window == [-1, -1] else tuple(args.attention_window)
+    return kw
 
 
 def _run_model(args, loaded, pre, vocoder, texts: list[str], refs: list[Reference], device) -> tuple[list[Clip], float]:
@@ -395,6 +398,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--top_k", type=int, default=0)
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--max_length", type=int, default=1000, help="codec tokens (86.13 per second)")
+    p.add_argument("--attention_window", type=int, nargs=2, default=None, metavar=("BACK", "FORWARD"),
+                   help="monotonic cross-attention window in text positions (default: the model config's "
+                        "generation.attention_window; -1 -1 = none)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--chars_per_second", type=float, default=DEFAULT_CHARS_PER_SECOND,
                    help="expected speaking rate when there is no reference clip (see preprocess's qa_report.json)")

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from model.alignment import alignment_prior, prior_weight  # noqa: E402
+from model.alignment import alignment_prior, guided_attention_loss, prior_weight  # noqa: E402
 from model.echolancer import Echolancer  # noqa: E402
 from model.generation import generate  # noqa: E402
 from model.loss import EcholancerLoss  # noqa: E402
@@ -51,18 +51,21 @@ SMALL = [  # the benchmark size: ~1.5 M parameters
     "model.emotion_input_size=8", "model.emotion_hidden_sizes=[8]", "model.emotion_channels=8",
     "model.multi_speaker=false", "model.vq_token_mode=false",
 ]
-# name -> (model overrides, alignment prior on, legacy symmetric encoder)
-VARIANTS: dict[str, tuple[list[str], bool, bool]] = {
-    "default": ([], True, False),
-    "no_prior": ([], False, False),
-    "symmetric_old": (["model.use_alibi=true"], False, True),
-    "sinusoidal": (["model.use_alibi=false"], False, False),
-    "directional": (["model.use_alibi=true", "model.encoder_position=directional"], False, False),
-    "absolute": (["model.use_alibi=true", "model.encoder_position=absolute"], False, False),
-    "directional_absolute": (["model.use_alibi=true", "model.encoder_position=directional_absolute"], False, False),
-    "directional+prior": (["model.use_alibi=true", "model.encoder_position=directional"], True, False),
-    "absolute+prior": (["model.use_alibi=true", "model.encoder_position=absolute"], True, False),
-    "sinusoidal+prior": (["model.use_alibi=false"], True, False),
+# name -> (model overrides, alignment prior on, legacy symmetric encoder, guided attention loss on)
+VARIANTS: dict[str, tuple[list[str], bool, bool, bool]] = {
+    "default": ([], True, False, True),  # what config/train.yaml trains: prior + guided loss
+    "prior_only": ([], True, False, False),  # the default before the guided loss
+    "guided_only": ([], False, False, True),
+    "no_prior": ([], False, False, False),
+    "symmetric_old": (["model.use_alibi=true"], False, True, False),
+    "sinusoidal": (["model.use_alibi=false"], False, False, False),
+    "directional": (["model.use_alibi=true", "model.encoder_position=directional"], False, False, False),
+    "absolute": (["model.use_alibi=true", "model.encoder_position=absolute"], False, False, False),
+    "directional_absolute": (["model.use_alibi=true", "model.encoder_position=directional_absolute"],
+                             False, False, False),
+    "directional+prior": (["model.use_alibi=true", "model.encoder_position=directional"], True, False, False),
+    "absolute+prior": (["model.use_alibi=true", "model.encoder_position=absolute"], True, False, False),
+    "sinusoidal+prior": (["model.use_alibi=false"], True, False, False),
 }
 
 
@@ -167,6 +170,8 @@ class RunArgs:
     prior_hold: int
     prior_anneal: int
     prior_scale: float
+    guided_weight: float  # 0 = off
+    guided_sigma: float
 
 
 def run_variant(a: RunArgs) -> dict:
@@ -197,8 +202,13 @@ def run_variant(a: RunArgs) -> dict:
         S, T = b["texts"].shape[1], b["mels"].shape[1]
         w = prior_weight(step, a.prior, a.prior_hold, a.prior_anneal)
         bias = alignment_prior(b["src_lens"], b["mel_lens"], S, T, a.prior_scale, w)
-        out = model(None, b["texts"], b["src_lens"], b["mels"], b["mel_lens"], cross_bias=bias)
+        guided = a.guided_weight > 0
+        out = model(None, b["texts"], b["src_lens"], b["mels"], b["mel_lens"], cross_bias=bias,
+                    return_cross_weights=guided)
         loss = loss_fn(out).total
+        if guided:
+            loss = loss + a.guided_weight * guided_attention_loss(out.cross_weights, b["src_lens"], b["mel_lens"] + 1,
+                                                                  a.guided_sigma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -255,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default="config/model.yaml", help="model config (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model override, all variants")
-    p.add_argument("--variants", nargs="+", default=["symmetric_old", "sinusoidal", "default", "no_prior"],
+    p.add_argument("--variants", nargs="+", default=["symmetric_old", "default", "prior_only", "no_prior"],
                    help=f"any of: {', '.join(VARIANTS)}")
     p.add_argument("--minutes", type=float, default=15.0, help="training wall time per variant")
     p.add_argument("--max_steps", type=int, default=10**9, help="optimizer steps per variant (whichever first)")
@@ -269,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prior_hold", type=int, default=300, help="steps at full prior strength")
     p.add_argument("--prior_anneal", type=int, default=300, help="steps of linear fade after that")
     p.add_argument("--prior_scale", type=float, default=1.0)
+    p.add_argument("--guided_weight", type=float, default=1.0, help="guided attention loss weight (variants with it)")
+    p.add_argument("--guided_sigma", type=float, default=0.2)
     args = p.parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -277,10 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     base = ([] if args.keep_size else SMALL) + args.set
     runs = []
     for name in args.variants:
-        overrides, prior, legacy = VARIANTS[name]
+        overrides, prior, legacy, guided = VARIANTS[name]
         runs.append(RunArgs(name, args.config, base + overrides, prior, legacy, args.minutes, args.max_steps,
                             args.threads, args.seed, args.batch_size, args.lr, args.eval_every,
-                            args.prior_hold, args.prior_anneal, args.prior_scale))
+                            args.prior_hold, args.prior_anneal, args.prior_scale,
+                            args.guided_weight if guided else 0.0, args.guided_sigma))
     print(f"learn_alignment: {len(runs)} variant(s), {args.minutes} min each, {args.threads} thread(s), "
           f"{args.jobs} at a time; base overrides: {' '.join(base) or '(none)'}", flush=True)
     if args.jobs > 1:

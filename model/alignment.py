@@ -12,6 +12,17 @@ whose mean moves linearly from the first to the last text token. Its log, times 
 annealed from 1 to 0 during training (:func:`prior_weight`), is added to every cross-attention
 score. Inference never uses it (the audio length is unknown there).
 
+The prior alone does not teach the decoder's own attention: while it carries the alignment the
+model's scores barely move (measured on the speech recipe), so the alignment has to form again as
+the prior fades. :func:`guided_attention_loss` (Tachibana et al. 2018, "guided attention") trains
+the model's own cross-attention directly: it penalises attention mass far from the diagonal,
+with weight 1 − exp(−(s/S − t/T)² / 2g²) at text position s of S and audio step t of T.
+
+At inference :func:`window_mask` can hold the decoder to the text it has reached: each step's
+cross-attention sees only positions [p − back, p + forward] around p, the furthest text position
+its attention has peaked at so far (``generation.attention_window``; the decode loop keeps p).
+A decoder that can neither jump ahead nor fall back cannot skip or repeat words.
+
 The pictures: :func:`cross_attention_maps` recomputes the decoder's cross-attention probabilities
 explicitly for a few utterances, :func:`diagonality` scores how much of their mass lies near the
 diagonal, and :func:`alignment_image` turns one map into an 8-bit image for W&B.
@@ -87,6 +98,77 @@ def alignment_prior(
     if weight <= 0.0:
         return None
     return weight * beta_binomial_log_prior(src_lens, mel_lens + 1, S, T + 1, scale)
+
+
+def guided_attention_weights(src_lens: Tensor, tgt_lens: Tensor, S: int, T: int, sigma: float) -> Tensor:
+    """Penalty W (B, T, S) of the guided attention loss: 0 on the diagonal, towards 1 far off it.
+
+    Positions are the centres of their cells, (s + ½)/S against (t + ½)/T per row; padded
+    steps and text get 0.
+
+    Args:
+        src_lens: (B,) text lengths.  tgt_lens: (B,) decoder steps per row.  S, T: padded sizes.
+        sigma: g, the width of the zero-penalty band as a fraction of the utterance.
+    """
+    device = src_lens.device
+    s = torch.arange(S, device=device, dtype=torch.float32)[None, None, :]
+    t = torch.arange(T, device=device, dtype=torch.float32)[None, :, None]
+    s_len = src_lens.float()[:, None, None].clamp(min=1)
+    t_len = tgt_lens.float()[:, None, None].clamp(min=1)
+    d = (s + 0.5) / s_len - (t + 0.5) / t_len
+    w = 1.0 - torch.exp(-d.square() / (2.0 * sigma * sigma))
+    return torch.where((s < s_len) & (t < t_len), w, 0.0)
+
+
+def guided_attention_loss(
+    weights: list[Tensor], src_lens: Tensor, tgt_lens: Tensor, sigma: float,
+    normalizer: Optional[float | Tensor] = None,
+) -> Tensor:
+    """Off-diagonal attention mass, per decoder step, averaged over layers and heads.
+
+    Args:
+        weights: each decoder layer's cross-attention probabilities (B, H, T, S), as
+            ``Echolancer.forward(..., return_cross_weights=True)`` returns them.
+        src_lens: (B,) text lengths.  tgt_lens: (B,) valid decoder steps (codec tokens + EOS).
+        sigma: see :func:`guided_attention_weights`.
+        normalizer: divide the sum over valid steps by this (the accumulated batch's valid-step
+            count, as the token loss does) instead of this batch's count.
+    Returns:
+        scalar float32; in [0, 1) per step: 0 when every head attends within the diagonal band.
+    """
+    if not weights:
+        raise ValueError("guided_attention_loss needs the cross-attention weights of at least one layer")
+    B, _, T, S = weights[0].shape
+    w = guided_attention_weights(src_lens, tgt_lens, S, T, sigma)[:, None]  # (B, 1, T, S)
+    total = sum((a.float() * w).sum() / a.shape[1] for a in weights) / len(weights)
+    denom = normalizer if normalizer is not None else tgt_lens.sum().clamp(min=1)
+    return total / denom
+
+
+def window_mask(pos: Tensor, S: int, window: tuple[int, int]) -> Tensor:
+    """Text positions each row may attend to, around its current alignment position.
+
+    Args:
+        pos: (B, ...) long, each row's (and step's) alignment position.  S: padded text length.
+        window: (back, forward) text positions kept before and after ``pos``.
+    Returns:
+        (B, ..., S) bool, True where ``pos - back <= s <= pos + forward``.
+    """
+    back, forward = window
+    s = torch.arange(S, device=pos.device)
+    d = s - pos[..., None]
+    return (d >= -back) & (d <= forward)
+
+
+def window_position(pos: Tensor, weights: list[Tensor]) -> Tensor:
+    """The alignment position after a step: the text position the step's cross-attention
+    (averaged over layers and heads) peaks at, never behind ``pos``.
+
+    Args:
+        pos: (B,) long.  weights: each layer's probabilities of the step, (B, H, S).
+    """
+    attn = torch.stack([w.float().mean(dim=1) for w in weights]).mean(dim=0)  # (B, S)
+    return torch.maximum(pos, attn.argmax(dim=-1))
 
 
 @torch.no_grad()

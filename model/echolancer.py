@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from model.alignment import window_mask, window_position
 from model.layers import (
     DecoderLayer,
     EncoderLayer,
@@ -53,6 +54,8 @@ class EcholancerOutput:
     targets: (B, T + 1) audio tokens, EOS at each row's length, PAD after.
     tgt_pad: (B, T + 1) True where the target is PAD.  src_pad: (B, S) True at padded text.
     stop_targets: (B, T + 1) bool, True where the target is EOS.
+    cross_weights: each decoder layer's own cross-attention (B, H, T + 1, S), when asked for
+        (``forward(..., return_cross_weights=True)``), else None.
     """
 
     logits: Tensor
@@ -61,6 +64,7 @@ class EcholancerOutput:
     tgt_pad: Tensor
     src_pad: Tensor
     stop_targets: Tensor
+    cross_weights: Optional[list[Tensor]] = None
 
 
 @dataclass
@@ -81,6 +85,10 @@ class DecodeState:
     cross_mask: Tensor  # (B, 1, 1, S) bool, True = valid text
     cond: Tensor  # (B, 1, Dd) decoder conditioning
     max_len: int
+    # Monotonic attention window (``generation.attention_window``): (back, forward) and each row's
+    # alignment position (B,) long, updated in place every step; None = attend to all the text.
+    window: Optional[tuple[int, int]] = None
+    align_pos: Optional[Tensor] = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,6 +241,9 @@ class Echolancer(nn.Module):
         # ``model.pretrained.load_echolancer`` from the model config's ``generation`` section and the
         # training data's statistics (``model.generation.length_bounds``). None = unbounded.
         self.length_bounds: tuple[Optional[float], Optional[float]] = (None, None)
+        # Default monotonic attention window of :meth:`infer` (``generation.attention_window``), set
+        # the same way. None = the decoder attends to all of the text.
+        self.attention_window: Optional[tuple[int, int]] = None
         self.apply(self._init_weights)
 
     @staticmethod
@@ -348,6 +359,7 @@ class Echolancer(nn.Module):
         tgt_pad: Optional[Tensor] = None,
         cross_bias: Optional[Tensor] = None,
         cross_weights: Optional[list[Tensor]] = None,
+        cross_allowed: Optional[Tensor] = None,
     ) -> Tensor:
         """Decoder over a whole (framed) sequence, no cache.
 
@@ -355,9 +367,13 @@ class Echolancer(nn.Module):
             inputs: (B, T) decoder input ids starting with BOS.  tgt_pad: (B, T) or None.
             cross_bias: (B, T, S) float added to every cross-attention score (an alignment
                 prior, see ``model/alignment.py``), or None.
-            cross_weights: if a list, each layer's cross-attention probabilities (B, H, T, S) are
-                appended to it (computed explicitly: for pictures, not for training; this forward
-                then runs SDPA whatever the backend).
+            cross_weights: if a list, each layer's own cross-attention probabilities (B, H, T, S),
+                without ``cross_bias``, are appended to it (computed explicitly, differentiable: for
+                pictures and the guided alignment loss; this forward then runs SDPA whatever the
+                backend).
+            cross_allowed: (B, T, S) bool, the text each step may attend to (an inference-time
+                attention window, see ``model/alignment.py``), or None; a hard mask, so the
+                ``cross_weights`` obey it too.
         Returns:
             (B, T, Dd) final hidden states.
         """
@@ -365,7 +381,7 @@ class Echolancer(nn.Module):
         x = self.audio_embed(inputs) + self.dec_cond(enc.cond)[:, None, :]
         if not self.use_alibi:
             x = x + sinusoidal_positions(torch.arange(T, device=x.device), x.shape[-1]).to(x.dtype)
-        if self.attention_backend == "flex" and cross_weights is None:
+        if self.attention_backend == "flex" and cross_weights is None and cross_allowed is None:
             slopes = self.dec_slopes if self.use_alibi else None
             self_flex = flex_self_attention_mask(None, T, True, slopes, device=x.device)
             cross_flex = flex_cross_attention_mask(enc.src_pad, cross_bias)
@@ -375,11 +391,15 @@ class Echolancer(nn.Module):
         self_mask, is_causal = self_attention_mask(
             tgt_pad, T, True, self.dec_slopes if self.use_alibi else None, compute_dtype(x)
         )
-        cross_mask = (~enc.src_pad)[:, None, None, :]  # (B, 1, 1, S) bool
+        own_mask = (~enc.src_pad)[:, None, None, :]  # (B, 1, 1, S) bool
+        if cross_allowed is not None:
+            own_mask = own_mask & cross_allowed[:, None]  # (B, 1, T, S)
+        cross_mask = own_mask
         if cross_bias is not None:
-            cross_mask = cross_bias[:, None].to(compute_dtype(x)).masked_fill(~cross_mask, float("-inf"))
+            cross_mask = cross_bias[:, None].to(compute_dtype(x)).masked_fill(~own_mask, float("-inf"))
         for layer in self.dec_layers:
-            x = layer(x, self_mask, is_causal, cross_mask, tgt_pad, memory=enc.memory, cross_weights=cross_weights)
+            x = layer(x, self_mask, is_causal, cross_mask, tgt_pad, memory=enc.memory,
+                      cross_weights=cross_weights, weights_mask=own_mask)
         return self.dec_norm(x)
 
     def project(self, h: Tensor) -> tuple[Tensor, Optional[Tensor]]:
@@ -398,6 +418,7 @@ class Echolancer(nn.Module):
         vq_tokens: Optional[Tensor] = None,
         vq_token_lens: Optional[Tensor] = None,
         cross_bias: Optional[Tensor] = None,
+        return_cross_weights: bool = False,
     ) -> EcholancerOutput:
         """Teacher forcing.
 
@@ -408,17 +429,24 @@ class Echolancer(nn.Module):
             vq_tokens, vq_token_lens: reference utterance for ``vq_token_mode``.
             cross_bias: (B, T + 1, S) alignment prior added to cross-attention scores, or None
                 (:func:`model.alignment.alignment_prior`).
+            return_cross_weights: also return each layer's own cross-attention probabilities, for
+                the guided alignment loss (:func:`model.alignment.guided_attention_loss`).
         """
         enc = self.encode(speakers, texts, src_lens, em_hidden, vq_tokens, vq_token_lens)
         inputs, targets, tgt_pad = self.frame(mels, mel_lens)
-        h = self.decode(inputs, enc, tgt_pad, cross_bias)
+        weights: Optional[list[Tensor]] = [] if return_cross_weights else None
+        h = self.decode(inputs, enc, tgt_pad, cross_bias, cross_weights=weights)
         logits, stop = self.project(h)
-        return EcholancerOutput(logits, stop, targets, tgt_pad, enc.src_pad, targets == self.eos_id)
+        return EcholancerOutput(logits, stop, targets, tgt_pad, enc.src_pad, targets == self.eos_id, weights)
 
     # ---- incremental decoding (used by model/generation.py) ----------------------------------
 
-    def init_decode_state(self, enc: EncoderState, max_len: int, dtype: Optional[torch.dtype] = None) -> DecodeState:
-        """Allocate KV caches for ``max_len`` decoder positions and compute cross K/V once."""
+    def init_decode_state(self, enc: EncoderState, max_len: int, dtype: Optional[torch.dtype] = None,
+                          window: Optional[tuple[int, int]] = None) -> DecodeState:
+        """Allocate KV caches for ``max_len`` decoder positions and compute cross K/V once.
+
+        ``window``: (back, forward) of the monotonic attention window, or None.
+        """
         B = enc.memory.shape[0]
         dev = enc.memory.device
         dtype = dtype or enc.memory.dtype
@@ -427,7 +455,8 @@ class Echolancer(nn.Module):
             a = layer.self_attn
             caches.append(KVCache(B, a.n_kv_heads, max_len, a.head_dim, dtype, dev))
         cross_kv, cross_mask, cond = self.decode_memory(enc)
-        return DecodeState(caches, cross_kv, cross_mask, cond, max_len)
+        align_pos = torch.zeros(B, dtype=torch.long, device=dev) if window is not None else None
+        return DecodeState(caches, cross_kv, cross_mask, cond, max_len, window, align_pos)
 
     def decode_memory(self, enc: EncoderState) -> tuple[list[tuple[Tensor, Tensor]], Tensor, Tensor]:
         """What one-step decoding reads from the encoder: per-layer cross K/V (B, KVH, S, hd) each,
@@ -453,18 +482,27 @@ class Echolancer(nn.Module):
             mask = bias.to(compute_dtype(x)).masked_fill(future, float("-inf"))[None]
         else:
             mask = (~future)[None, None]  # (1, 1, 1, Tmax) bool
+        cross_mask, weights = state.cross_mask, None
+        if state.window is not None:  # the text around where the attention has got to
+            cross_mask = cross_mask & window_mask(state.align_pos, cross_mask.shape[-1], state.window)[:, None, None]
+            weights = []
         for layer, cache, kv in zip(self.dec_layers, state.caches, state.cross_kv):
-            x = layer(x, mask, False, state.cross_mask, None, memory_kv=kv, cache=cache, input_pos=input_pos)
+            x = layer(x, mask, False, cross_mask, None, memory_kv=kv, cache=cache, input_pos=input_pos,
+                      cross_weights=weights)
+        if weights is not None:  # in place: a captured graph keeps reading the same buffer
+            state.align_pos.copy_(window_position(state.align_pos, [w[:, :, -1] for w in weights]))
         logits, stop = self.project(self.dec_norm(x)[:, -1])
         return logits, stop
 
     def infer(self, speakers, texts, src_lens, em_hidden=None, **kwargs):
         """Generate codec tokens; see :func:`model.generation.generate` for the arguments.
 
-        Unless given, ``min/max_tokens_per_text_token`` default to :attr:`length_bounds`.
+        Unless given, ``min/max_tokens_per_text_token`` default to :attr:`length_bounds` and
+        ``attention_window`` to :attr:`attention_window`.
         """
         from model.generation import generate
 
         kwargs.setdefault("min_tokens_per_text_token", self.length_bounds[0])
         kwargs.setdefault("max_tokens_per_text_token", self.length_bounds[1])
+        kwargs.setdefault("attention_window", self.attention_window)
         return generate(self, speakers, texts, src_lens, em_hidden=em_hidden, **kwargs)

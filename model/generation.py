@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import Tensor
 
+from model.alignment import window_mask, window_position
+
 if TYPE_CHECKING:  # imported for annotations only: model.echolancer imports this module lazily
     from model.echolancer import DecodeState, Echolancer
 
@@ -194,11 +196,11 @@ class StaticDecodeState:
     Args:
         model: the Echolancer.  enc: a first encoder state (gives the dtypes).  batch_size: B.
         max_len: KV cache length.  text_len: padded text length (≥ every text loaded).
-        dtype: the KV caches' dtype.
+        dtype: the KV caches' dtype.  window: the attention window (its position lives here too).
     """
 
     def __init__(self, model: Echolancer, enc, batch_size: int, max_len: int, text_len: int,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, window: Optional[tuple[int, int]] = None) -> None:
         from model.echolancer import DecodeState
         from model.layers import KVCache
 
@@ -213,7 +215,8 @@ class StaticDecodeState:
             buffers.append((torch.zeros(shape, dtype=k.dtype, device=device),
                             torch.zeros(shape, dtype=v.dtype, device=device)))
         mask = torch.zeros(batch_size, 1, 1, text_len, dtype=torch.bool, device=device)
-        self.state = DecodeState(caches, buffers, mask, torch.zeros_like(cond), max_len)
+        align_pos = torch.zeros(batch_size, dtype=torch.long, device=device) if window is not None else None
+        self.state = DecodeState(caches, buffers, mask, torch.zeros_like(cond), max_len, window, align_pos)
 
     def load(self, model: Echolancer, enc) -> DecodeState:
         """Copy a new utterance batch into the buffers (no new allocation) and return the state."""
@@ -233,6 +236,8 @@ class StaticDecodeState:
         st.cross_mask[..., :S].copy_(cross_mask)
         st.cross_mask[..., S:] = False
         st.cond.copy_(cond)
+        if st.align_pos is not None:
+            st.align_pos.zero_()
         return st
 
 
@@ -250,7 +255,7 @@ def _weights_fingerprint(model: Echolancer) -> tuple:
 
 
 def static_decoder(model: Echolancer, enc, batch_size: int, max_length: int, dtype: torch.dtype,
-                   graph: bool) -> tuple[DecodeState, StepFn]:
+                   graph: bool, window: Optional[tuple[int, int]] = None) -> tuple[DecodeState, StepFn]:
     """A decode state loaded with ``enc`` and its step function, reused across calls.
 
     Keyed by (batch size, max length, cache dtype, device, text-length bucket, autocast): the first
@@ -262,7 +267,7 @@ def static_decoder(model: Echolancer, enc, batch_size: int, max_length: int, dty
     bucket = -(-enc.memory.shape[1] // TEXT_BUCKET) * TEXT_BUCKET
     autocast = torch.is_autocast_enabled(device.type)
     key = (batch_size, max_length, dtype, str(device), bucket,
-           torch.get_autocast_dtype(device.type) if autocast else None, graph)
+           torch.get_autocast_dtype(device.type) if autocast else None, graph, window)
     fingerprint = _weights_fingerprint(model)
     entry = _DECODERS.get(model)
     if entry is None or entry[0] != fingerprint:
@@ -273,7 +278,7 @@ def static_decoder(model: Echolancer, enc, batch_size: int, max_length: int, dty
         decoders.move_to_end(key)
         static, step = decoders[key]
         return static.load(model, enc), step or model.decode_step
-    static = StaticDecodeState(model, enc, batch_size, max_length, bucket, dtype)
+    static = StaticDecodeState(model, enc, batch_size, max_length, bucket, dtype, window)
     state = static.load(model, enc)
     # No bound method stored: the entry must not keep its (weakly referenced) model alive.
     step = CudaGraphStep(model, state, batch_size) if graph else None
@@ -407,6 +412,17 @@ def _check_args(
         )
 
 
+def _check_window(window: Optional[Sequence[int]]) -> Optional[tuple[int, int]]:
+    if window is None:
+        return None
+    ok = (not isinstance(window, (str, bytes)) and len(window) == 2
+          and all(isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in window))
+    if not ok:
+        raise ValueError(f"generate: attention_window={window!r} is not allowed; it must be None or two "
+                         f"integers >= 0, (back, forward)")
+    return int(window[0]), int(window[1])
+
+
 def generate(
     model: Echolancer,
     speakers: Optional[Tensor],
@@ -428,6 +444,7 @@ def generate(
     sync_every: int = 16,
     min_tokens_per_text_token: Optional[float] = None,
     max_tokens_per_text_token: Optional[float] = None,
+    attention_window: Optional[Sequence[int]] = None,
 ) -> GenerationResult:
     """Generate codec tokens for a batch of texts.
 
@@ -456,6 +473,9 @@ def generate(
             the text: a row cannot stop before floor(min·S_b) tokens and is cut (and reported in
             ``hit_max_length``) at ceil(max·S_b), never beyond ``max_length``. None = no bound.
             ``model.pretrained`` fills them from the training data's statistics.
+        attention_window: (back, forward): each step's cross-attention sees only the text from
+            ``back`` positions before to ``forward`` after the furthest position the attention
+            has peaked at so far (a monotonic window; see ``model/alignment.py``). None = all text.
     Returns:
         a :class:`GenerationResult`.
     """
@@ -469,6 +489,7 @@ def generate(
         raise ValueError(
             f"generate: max_tokens_per_text_token={hi!r} is not allowed; it must be > 0, > the minimum ({lo}), or None"
         )
+    window = _check_window(attention_window)
     # Per-row bounds, as device tensors so the loop keeps static shapes and never syncs on them.
     row_min = torch.full_like(src_lens, min_length, dtype=torch.long)
     row_max = torch.full_like(src_lens, max_length, dtype=torch.long)
@@ -485,7 +506,7 @@ def generate(
             res = _generate(
                 model, speakers, texts, src_lens, em_hidden, max_length, temperature, top_k, top_p,
                 repetition_penalty, gate_threshold, use_cache, generator, vq_tokens, vq_token_lens,
-                compile, row_min, row_max, max(1, sync_every),
+                compile, row_min, row_max, max(1, sync_every), window,
             )
     finally:
         model.train(was_training)
@@ -499,6 +520,7 @@ def _generate(
     max_length: int, temperature: float, top_k: int, top_p: float, repetition_penalty: float,
     gate_threshold: float, use_cache: bool, generator: Optional[torch.Generator], vq_tokens: Optional[Tensor],
     vq_token_lens: Optional[Tensor], compile: bool, row_min: Tensor, row_max: Tensor, sync_every: int,
+    window: Optional[tuple[int, int]],
 ) -> GenerationResult:
     device = texts.device
     B = texts.shape[0]
@@ -508,15 +530,18 @@ def _generate(
     if use_cache:
         if _uses_static_decoder(device, compile):
             state, step_fn = static_decoder(model, enc, B, max_length, _cache_dtype(model, device),
-                                            graph=device.type == "cuda")
+                                            graph=device.type == "cuda", window=window)
         else:
-            state = model.init_decode_state(enc, max_length, _cache_dtype(model, device))
+            state = model.init_decode_state(enc, max_length, _cache_dtype(model, device), window)
             step_fn = _step_function(model, state, B, compile)
         positions = torch.arange(max_length, device=device)
     else:
         # Decoder inputs so far: BOS, then each row's tokens (PAD once a row has stopped).
         inputs = torch.full((B, max_length), pad, dtype=torch.long, device=device)
         inputs[:, 0] = bos
+        if window is not None:  # each step's alignment position, for the windows of the whole prefix
+            S = texts.shape[1]
+            pos_hist = torch.zeros(B, max_length, dtype=torch.long, device=device)
 
     out_tokens = torch.full((B, max_length), pad, dtype=torch.long, device=device)
     out_gate = torch.zeros(B, max_length, dtype=torch.float32, device=device)
@@ -539,7 +564,15 @@ def _generate(
             logits, stop_logits = step_fn(prev, positions[t : t + 1], state)
         else:
             inputs[:, t] = prev[:, 0]
-            logits, stop_logits = model.project(model.decode(inputs[:, : t + 1], enc)[:, -1])
+            if window is None:
+                logits, stop_logits = model.project(model.decode(inputs[:, : t + 1], enc)[:, -1])
+            else:
+                weights: list[Tensor] = []
+                h = model.decode(inputs[:, : t + 1], enc, cross_weights=weights,
+                                 cross_allowed=window_mask(pos_hist[:, : t + 1], S, window))
+                logits, stop_logits = model.project(h[:, -1])
+                if t + 1 < max_length:
+                    pos_hist[:, t + 1] = window_position(pos_hist[:, t], [w[:, :, -1] for w in weights])
         steps = t + 1
         logits = logits.float()
         early = t < row_min  # (B,)

@@ -394,7 +394,7 @@ class MultiHeadAttention(nn.Module):
     ) -> Tensor:
         """Cross-attention probabilities, computed explicitly (SDPA does not return them).
 
-        For alignment pictures and diagnostics only: it materialises (B, H, T, S).
+        It materialises (B, H, T, S): for alignment pictures and the guided alignment loss.
 
         Args:
             x: (B, T, D) queries.  attn_mask: as in :meth:`forward`.
@@ -567,6 +567,7 @@ class DecoderLayer(nn.Module):
         cache: Optional[KVCache] = None,
         input_pos: Optional[Tensor] = None,
         cross_weights: Optional[list[Tensor]] = None,
+        weights_mask: Optional[Tensor] = None,
     ) -> Tensor:
         """
         Args:
@@ -574,11 +575,15 @@ class DecoderLayer(nn.Module):
                 or a float bias broadcastable to (B, H, T, S) (−inf at padded text).
             memory / memory_kv: text memory (B, S, Dm) or its precomputed cross K/V.
             cache, input_pos: self-attention KV cache and the positions of ``x`` (one-step decode).
-            cross_weights: if a list, the cross-attention probabilities (B, H, T, S) are appended.
+            cross_weights: if a list, the cross-attention probabilities (B, H, T, S) are appended
+                (differentiable when autograd is on: the guided alignment loss trains them).
+            weights_mask: the mask those probabilities use instead of ``cross_mask`` (the model's
+                own attention, without an alignment prior's bias).
         """
         x = x + self.drop(self.self_attn(self.norm1(x), self_mask, is_causal, cache=cache, input_pos=input_pos))
         h = self.norm2(x)
         if cross_weights is not None:
-            cross_weights.append(self.cross_attn.attention_weights(h, cross_mask, memory=memory, memory_kv=memory_kv))
+            mask = cross_mask if weights_mask is None else weights_mask
+            cross_weights.append(self.cross_attn.attention_weights(h, mask, memory=memory, memory_kv=memory_kv))
         x = x + self.drop(self.cross_attn(h, cross_mask, memory=memory, memory_kv=memory_kv))
         return x + self.drop(self.ffn(self.norm3(x), pad))

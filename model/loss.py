@@ -55,6 +55,7 @@ class LossOutput:
     stop: Optional[Tensor]
     accuracy: Tensor  # token accuracy over valid targets (EOS included), detached
     n_tokens: Tensor  # valid targets in this batch
+    align: Optional[Tensor] = None  # guided alignment loss, added by the trainer when it is on
 
 
 class EcholancerLoss(nn.Module):

@@ -248,5 +248,6 @@ def load_echolancer(
     stats = state.get("length_stats") if raw_sd is not state else None
     model.length_bounds = length_bounds(gen.min_tokens_per_text_token, gen.max_tokens_per_text_token,
                                         gen.length_margin, stats)
+    model.attention_window = tuple(gen.attention_window) if gen.attention_window is not None else None
     step = int(state["step"]) if raw_sd is not state and state.get("step") is not None else None
     return LoadedModel(model, tokenizer, cfg, train_cfg, step, path)

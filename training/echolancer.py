@@ -31,7 +31,14 @@ from tqdm import tqdm
 
 from data.dataset import Collate, EcholancerDataset
 from data.sampler import BucketBatchSampler
-from model.alignment import alignment_image, alignment_prior, cross_attention_maps, diagonality, prior_weight
+from model.alignment import (
+    alignment_image,
+    alignment_prior,
+    cross_attention_maps,
+    diagonality,
+    guided_attention_loss,
+    prior_weight,
+)
 from model.echolancer import Echolancer
 from model.generation import length_bounds, length_ratio_stats
 from model.loss import EcholancerLoss
@@ -66,7 +73,7 @@ log = logging.getLogger("echolancer.train")
 FORMAT_VERSION = 1
 BATCH_KEYS = ("speakers", "texts", "src_lens", "mels", "mel_lens", "em_hidden", "vq_tokens", "vq_token_lens")
 # A step's metrics computed on the device (read to the host once per log line, MetricWindow).
-DEVICE_METRICS = ("train/loss", "train/ce", "train/stop", "train/accuracy", "train/grad_norm",
+DEVICE_METRICS = ("train/loss", "train/ce", "train/stop", "train/align_loss", "train/accuracy", "train/grad_norm",
                   "train/tokens_per_s", "train/skipped")
 
 
@@ -132,6 +139,7 @@ class Trainer:
         gen = model_cfg.generation
         self.model.length_bounds = length_bounds(gen.min_tokens_per_text_token, gen.max_tokens_per_text_token,
                                                  gen.length_margin, self.length_stats)
+        self.model.attention_window = tuple(gen.attention_window) if gen.attention_window is not None else None
         self.collate = Collate(self.model.pad_id, pad_multiple=tc.pad_multiple)
         self.sampler = BucketBatchSampler(
             self.train_set.lengths(), tc.batch_size, tc.max_tokens, shuffle=True, seed=tc.seed,
@@ -337,15 +345,22 @@ class Trainer:
         ac = self.tcfg.alignment
         return prior_weight(self.step, ac.prior, ac.prior_hold_steps, ac.prior_anneal_steps)
 
-    def _forward_loss(self, model: nn.Module, batch: dict, normalizer, with_prior: bool = False):
-        # The prior shapes training only: validation measures the model as inference runs it.
+    def _forward_loss(self, model: nn.Module, batch: dict, normalizer, training: bool = False):
+        # The alignment aids shape training only: validation measures the model as inference runs it.
+        ac = self.tcfg.alignment
         bias = None
-        if with_prior:
+        if training:
             bias = alignment_prior(batch["src_lens"], batch["mel_lens"], batch["texts"].shape[1],
-                                   batch["mels"].shape[1], self.tcfg.alignment.prior_scale, self.prior_weight())
+                                   batch["mels"].shape[1], ac.prior_scale, self.prior_weight())
+        guided = training and ac.guided_weight > 0
         with self._autocast():
-            out = model(**batch, cross_bias=bias)
-        return self.criterion(out, normalizer=normalizer)
+            out = model(**batch, cross_bias=bias, return_cross_weights=guided)
+        lo = self.criterion(out, normalizer=normalizer)
+        if guided:
+            lo.align = guided_attention_loss(out.cross_weights, batch["src_lens"], batch["mel_lens"] + 1,
+                                             ac.guided_sigma, normalizer)
+            lo.total = lo.total + ac.guided_weight * lo.align
+        return lo
 
     def train_step(self, micro: list[dict]) -> Optional[StepMetrics]:
         """One optimizer step over the micro-batches ``micro`` (CPU batches, as the loader gives them).
@@ -367,17 +382,18 @@ class Trainer:
         n_global = all_reduce_sum(torch.full((), float(n_local), device=self.device))
         # DDP averages gradients over ranks; multiply back so the step is sum / n_global overall.
         scale = float(self.dist.world_size)
-        totals = torch.zeros(4, device=self.device)  # loss, ce, stop, correct tokens
+        totals = torch.zeros(5, device=self.device)  # loss, ce, stop, align, correct tokens
         for i, b in enumerate(batches):
             last = i == len(batches) - 1
             # Only the last micro-batch all-reduces gradients (the DDP module, even under torch.compile).
             sync = nullcontext() if last or self.ddp is None else self.ddp.no_sync()
             with sync:
-                lo = self._forward_loss(self.train_model, b, n_global, with_prior=True)
+                lo = self._forward_loss(self.train_model, b, n_global, training=True)
                 self.scaler.scale(lo.total * scale).backward()
             totals += torch.stack([
                 lo.total.detach().float(), lo.ce.detach().float(),
                 (lo.stop.detach().float() if lo.stop is not None else torch.zeros((), device=self.device)),
+                (lo.align.detach().float() if lo.align is not None else torch.zeros((), device=self.device)),
                 lo.accuracy.detach().float() * lo.n_tokens,
             ])
             if self._stop_requested and not last and not self.dist.enabled:
@@ -420,7 +436,7 @@ class Trainer:
         dt = time.perf_counter() - t0
         # float64, so the window's device sums equal the host sums of the per-step floats bit for bit.
         t64, n64 = totals.double(), n_global.double()
-        values = torch.stack([t64[0], t64[1], t64[2], t64[3] / n64.clamp_min(1.0), grad_norm.detach().double(),
+        values = torch.stack([t64[0], t64[1], t64[2], t64[3], t64[4] / n64.clamp_min(1.0), grad_norm.detach().double(),
                               n64 / max(dt, 1e-9), skipped.double()])
         return StepMetrics(DEVICE_METRICS, values, {"train/lr": lr, "train/align_prior_weight": prior_w})
 
@@ -470,16 +486,22 @@ class Trainer:
         vl = metrics["val/loss"]
         # One notion of "best" (improvement by more than min_delta) for early stopping, best.pt and
         # the weights restored at the end. vl is all-reduced, so every rank decides the same.
-        improved = self.early_stopping.step(vl, self.step)
+        # Validation runs without the alignment prior, so while the prior still shapes training its
+        # loss says little about the final model (it rises while the prior carries the alignment:
+        # measured on the speech recipe); such validations neither count nor make a best.
+        counted = self.prior_weight() == 0.0
+        improved = self.early_stopping.step(vl, self.step) if counted else False
         best = self.early_stopping.best_loss
         metrics = {**metrics, "val/best_loss": vl if best is None else best}
         if self.dist.is_main and self.val_set is not None and len(self.val_set) > 0:
             metrics["val/align_diagonality"] = self._log_alignment()
         self.logger.log(metrics, self.step)
         if self.dist.is_main:  # through logging, so train.log has it too
-            log.info("step %d epoch %d: val loss %.4f ce %.4f acc %.3f (best %.4f, %d/%d without improvement)",
-                     self.step, self.epoch, vl, metrics["val/ce"], metrics["val/accuracy"], metrics["val/best_loss"],
-                     self.early_stopping.bad_validations, self.early_stopping.patience)
+            log.info("step %d epoch %d: val loss %.4f ce %.4f acc %.3f diagonality %.2f (best %.4f, %s)",
+                     self.step, self.epoch, vl, metrics["val/ce"], metrics["val/accuracy"],
+                     metrics.get("val/align_diagonality", float("nan")), metrics["val/best_loss"],
+                     f"{self.early_stopping.bad_validations}/{self.early_stopping.patience} without improvement"
+                     if counted else "alignment prior on: not counted for early stopping")
         if improved:
             self.save(val_loss=vl)
 

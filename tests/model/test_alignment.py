@@ -1,4 +1,4 @@
-"""The alignment prior and the alignment pictures."""
+"""The alignment aids (the prior, the guided attention loss, the inference window) and the pictures."""
 
 import pytest
 import torch
@@ -10,7 +10,11 @@ from model.alignment import (
     beta_binomial_log_prior,
     cross_attention_maps,
     diagonality,
+    guided_attention_loss,
+    guided_attention_weights,
     prior_weight,
+    window_mask,
+    window_position,
 )
 from utils.config import load_config
 
@@ -102,3 +106,73 @@ def test_prior_scale_sets_its_width(scale):
     base = beta_binomial_log_prior(torch.tensor([30]), torch.tensor([100]), 30, 100, 1.0)[0, 50].exp()
     var1 = (base * (k - (base * k).sum()) ** 2).sum()
     assert (var > var1) if scale < 1 else (var < var1)
+
+
+def test_guided_penalty_is_zero_on_the_diagonal_and_grows_away_from_it():
+    w = guided_attention_weights(torch.tensor([10, 4]), torch.tensor([40, 8]), S=10, T=40, sigma=0.2)
+    assert w.shape == (2, 40, 10)
+    # Row 0: step t's diagonal text position is t / 4.
+    assert w[0, 0, 0] < 0.02 and w[0, 39, 9] < 0.02 and w[0, 20, 5] < 0.02
+    assert w[0, 0, 9] > 0.99 and w[0, 39, 0] > 0.99
+    assert (w[0, 20, 5:] == w[0, 20, 5:].sort().values).all()  # more penalty further away
+    assert (w[1, 8:] == 0).all() and (w[1, :, 4:] == 0).all()  # padding costs nothing
+
+
+def test_guided_loss_prefers_a_diagonal_alignment_to_a_smear_or_a_reversal():
+    S, T = 6, 24
+    src, tgt = torch.tensor([S]), torch.tensor([T])
+    diag = torch.zeros(1, 2, T, S)
+    diag[0, :, torch.arange(T), torch.arange(T) * S // T] = 1.0
+    smear = torch.full((1, 2, T, S), 1.0 / S)
+    rev = diag.flip(-1)
+    loss = {n: float(guided_attention_loss([a, a], src, tgt, 0.2)) for n, a in
+            [("diag", diag), ("smear", smear), ("rev", rev)]}
+    assert loss["diag"] < 0.05 < 0.4 < loss["smear"] < loss["rev"]
+    # A normalizer replaces the count of valid steps (gradient accumulation over micro-batches).
+    torch.testing.assert_close(guided_attention_loss([smear], src, tgt, 0.2, normalizer=2 * T),
+                               guided_attention_loss([smear], src, tgt, 0.2) / 2)
+
+
+def test_guided_loss_trains_the_models_own_attention_not_the_prior():
+    m = tiny_model().train()
+    g = torch.Generator().manual_seed(0)
+    texts, sl = torch.randint(3, 30, (2, 9), generator=g), torch.tensor([9, 6])
+    mels, ml = torch.randint(0, 100, (2, 30), generator=g), torch.tensor([30, 21])
+    bias = alignment_prior(sl, ml, 9, 30, 1.0, 1.0)
+    with_prior = m(torch.zeros(texts.shape[0], dtype=torch.long), texts, sl, mels, ml, cross_bias=bias, return_cross_weights=True)
+    plain = m(torch.zeros(texts.shape[0], dtype=torch.long), texts, sl, mels, ml, return_cross_weights=True)
+    assert len(with_prior.cross_weights) == len(m.dec_layers)
+    # The first layer sees the same input either way: its own attention ignores the prior.
+    torch.testing.assert_close(with_prior.cross_weights[0], plain.cross_weights[0])
+    loss = guided_attention_loss(with_prior.cross_weights, sl, ml + 1, 0.2)
+    loss.backward()
+    assert m.dec_layers[0].cross_attn.q_proj.weight.grad.abs().sum() > 0
+    assert m(torch.zeros(texts.shape[0], dtype=torch.long), texts, sl, mels, ml).cross_weights is None  # only computed when asked
+
+
+def test_a_few_steps_of_the_guided_loss_make_the_attention_diagonal():
+    m = tiny_model().train()
+    g = torch.Generator().manual_seed(0)
+    texts, sl = torch.randint(3, 30, (4, 12), generator=g), torch.tensor([12, 10, 8, 12])
+    mels, ml = torch.randint(0, 100, (4, 48), generator=g), torch.tensor([48, 40, 30, 44])
+    batch = dict(speakers=torch.zeros(4, dtype=torch.long), texts=texts, src_lens=sl, mels=mels, mel_lens=ml)
+    before = float(diagonality(cross_attention_maps(m, batch)[-1], sl, ml + 1).mean())
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    for _ in range(30):
+        out = m(torch.zeros(texts.shape[0], dtype=torch.long), texts, sl, mels, ml, return_cross_weights=True)
+        loss = guided_attention_loss(out.cross_weights, sl, ml + 1, 0.2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = float(diagonality(cross_attention_maps(m, batch)[-1], sl, ml + 1).mean())
+    assert before < 0.6 and after > 0.8, (before, after)
+
+
+def test_window_keeps_back_and_forward_positions_and_its_position_never_falls_back():
+    mask = window_mask(torch.tensor([0, 4]), 8, (1, 2))
+    assert mask.tolist() == [[True, True, True, False, False, False, False, False],
+                             [False, False, False, True, True, True, True, False]]
+    w = torch.zeros(2, 2, 8)
+    w[0, :, 2] = 1.0  # row 0's attention peaks ahead
+    w[1, :, 1] = 1.0  # row 1's behind its position
+    assert window_position(torch.tensor([0, 4]), [w]).tolist() == [2, 4]

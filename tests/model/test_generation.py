@@ -493,3 +493,68 @@ def test_reused_decode_state_does_not_keep_the_model_alive(monkeypatch):
     del model
     gc.collect()
     assert ref() is None and len(generation._DECODERS) == n - 1
+
+
+# ---- the monotonic attention window ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_attention_window_gives_the_same_tokens_cached_and_uncached(backend):
+    model = make_model(f"model.attention_backend={backend}")
+    spk, texts, lens = make_batch()
+    kw = dict(max_length=MAX_LEN, temperature=0.0, attention_window=(1, 2))
+    a = generate(model, spk, texts, lens, use_cache=True, **kw)
+    b = generate(model, spk, texts, lens, use_cache=False, **kw)
+    assert_varied(a.tokens)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.lengths, b.lengths)
+    plain = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0)
+    assert not torch.equal(plain.tokens, a.tokens)  # the window changes what the decoder sees
+
+
+def test_attention_window_hides_the_text_outside_it_and_only_moves_forward(monkeypatch):
+    import model.echolancer as echolancer
+
+    model = make_model()
+    spk, texts, lens = make_batch()
+    seen_masks, positions = [], []
+    real = echolancer.window_position
+
+    def record(pos, weights):
+        new = real(pos, weights)
+        # The weights of the step: zero outside the window around the position it started from.
+        for w in weights:
+            outside = ~echolancer.window_mask(pos, w.shape[-1], (1, 2))[:, None]
+            seen_masks.append(bool((w.masked_fill(~outside, 0) == 0).all()))
+        positions.append(new.clone())
+        return new
+
+    monkeypatch.setattr(echolancer, "window_position", record)
+    generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0, attention_window=(1, 2))
+    assert seen_masks and all(seen_masks)
+    pos = torch.stack(positions)  # (steps, B)
+    assert (pos[1:] >= pos[:-1]).all()  # never goes back
+    assert (pos[1:] - pos[:-1] <= 2).all()  # at most `forward` positions a step
+    assert (pos[-1] > 0).any()  # and it does move
+    assert (pos < lens).all()  # never onto padded text
+
+
+@pytest.mark.parametrize("window", [(1,), (1, -1), (1.5, 2), "12", (True, 1)])
+def test_bad_attention_window_is_named(window):
+    model = make_model()
+    spk, texts, lens = make_batch()
+    with pytest.raises(ValueError, match="attention_window"):
+        generate(model, spk, texts, lens, max_length=MAX_LEN, attention_window=window)
+
+
+def test_reused_decode_state_restarts_the_window_at_the_first_text_token(monkeypatch):
+    import model.generation as generation
+
+    model = make_model()
+    spk, texts, lens = make_batch()
+    kw = dict(max_length=MAX_LEN, temperature=0.0, attention_window=(1, 2))
+    fresh = generate(model, spk, texts, lens, **kw)
+    monkeypatch.setattr(generation, "_uses_static_decoder", lambda device, compile: True)
+    generation._DECODERS.pop(model, None)
+    first = generate(model, spk, texts, lens, **kw)
+    again = generate(model, spk, texts, lens, **kw)  # same buffers; the position must start over
+    assert torch.equal(first.tokens, fresh.tokens) and torch.equal(again.tokens, fresh.tokens)

@@ -19,7 +19,7 @@ TRAIN_CFG = os.path.join(ROOT, "config/train_tiny.yaml")
 BASE = ["training.batch_size=4", "training.log_step=1", "training.val_step=2", "training.save_step=1000",
         "training.test_step=1000", "training.epochs=10", "training.max_steps=4", "training.num_workers=0",
         "scheduler.warmup_steps=2", "early_stopping.restore_best=false",
-        "alignment.prior_hold_steps=1", "alignment.prior_anneal_steps=2"]
+        "alignment.prior=true", "alignment.prior_hold_steps=1", "alignment.prior_anneal_steps=2"]
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +104,36 @@ def test_resume_from_a_checkpoint_written_before_newer_model_keys(data, tmp_path
     mcfg, tcfg = load_configs(MODEL_CFG, TRAIN_CFG, BASE + ["model.encoder_position=absolute"])
     with pytest.raises(Exception, match="encoder_position"):
         Trainer(mcfg, tcfg, RunPaths(data[0], data[1], str(out), resume=path), DistInfo())
+
+
+def test_guided_attention_loss_is_logged_and_added_to_the_training_loss(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    rows = {}
+    for weight in (0.0, 0.5):
+        out = tmp_path / f"w{weight}"
+        run(data, out, f"alignment.guided_weight={weight}")
+        rows[weight] = {r["_step"]: r for r in read_offline_history(find_run_dir(str(out))) if "train/loss" in r}
+    for r in rows[0.0].values():
+        assert r["train/align_loss"] == 0.0 and r["train/loss"] == pytest.approx(r["train/ce"])
+    for r in rows[0.5].values():
+        assert 0.05 < r["train/align_loss"] < 1.0  # off-diagonal mass per step, untrained attention
+        assert r["train/loss"] == pytest.approx(r["train/ce"] + 0.5 * r["train/align_loss"], rel=1e-5)
+
+
+def test_validations_while_the_prior_is_on_do_not_count_for_early_stopping(data, tmp_path, monkeypatch):
+    from utils.early_stopping import EarlyStopping
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    counted = []
+    real = EarlyStopping.step
+
+    def record(self, val_loss, step):
+        counted.append(step)
+        return real(self, val_loss, step)
+
+    monkeypatch.setattr(EarlyStopping, "step", record)
+    # Prior held for 3 steps, faded to 0 at step 5; validation after every step.
+    t = run(data, tmp_path / "run", "alignment.prior_hold_steps=3", "alignment.prior_anneal_steps=2",
+            "training.val_step=1", "training.max_steps=8", "early_stopping.patience=100")
+    assert counted == [5, 6, 7, 8]
+    assert t.early_stopping.best_step >= 5

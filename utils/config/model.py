@@ -169,17 +169,24 @@ class DatasetConfig:
 
 @dataclass
 class GenerationConfig:
-    """Length bounds of generation, in audio tokens per text token.
+    """Length bounds of generation, in audio tokens per text token, and the attention window.
 
-    ``null`` takes the bound from the training data's statistics, which training saves in the
+    ``null`` takes a length bound from the training data's statistics, which training saves in the
     checkpoint (the smallest and largest ratio seen, widened by ``length_margin``).
+    ``attention_window: [back, forward]`` holds each decoding step's cross-attention to the text
+    from ``back`` positions before to ``forward`` after the furthest position it has reached
+    (``model/alignment.py``); null lets it see all of the text.
     """
 
     min_tokens_per_text_token: Optional[float] = None
     max_tokens_per_text_token: Optional[float] = None
     length_margin: float = 1.5  # data-derived bounds: min / margin and max x margin
+    attention_window: Optional[list[int]] = None
 
     def check(self) -> None:
+        w = self.attention_window
+        _require(w is None or (len(w) == 2 and all(isinstance(v, int) and v >= 0 for v in w)),
+                 f"attention_window must be null or [back, forward], two integers >= 0; got {w}")
         _require(self.length_margin >= 1.0, f"length_margin must be >= 1, got {self.length_margin}")
         lo, hi = self.min_tokens_per_text_token, self.max_tokens_per_text_token
         _require(lo is None or lo >= 0, f"min_tokens_per_text_token must be >= 0 or null, got {lo}")

@@ -54,15 +54,22 @@ class AlignmentConfig:
     is added to every cross-attention score with weight 1 for ``prior_hold_steps`` optimizer steps,
     then the weight falls linearly to 0 over ``prior_anneal_steps``; after that training (and
     always inference) runs without it.
+
+    The guided attention loss (``guided_weight`` > 0) trains the model's own cross-attention,
+    without the prior, towards the diagonal band of width ``guided_sigma``, for the whole run.
     """
 
     prior: bool = True
     prior_scale: float = 1.0  # beta-binomial concentration per audio step; smaller = wider prior
     prior_hold_steps: int = 1000
     prior_anneal_steps: int = 1000
+    guided_weight: float = 1.0  # weight of the guided attention loss; 0 = off
+    guided_sigma: float = 0.2  # band width g, as a fraction of text and audio length
 
     def check(self) -> None:
         _require(self.prior_scale > 0, f"prior_scale must be > 0, got {self.prior_scale}")
+        _require(self.guided_weight >= 0, f"guided_weight must be >= 0, got {self.guided_weight}")
+        _require(self.guided_sigma > 0, f"guided_sigma must be > 0, got {self.guided_sigma}")
         _require(self.prior_hold_steps >= 0 and self.prior_anneal_steps >= 0,
                  "prior_hold_steps and prior_anneal_steps must be >= 0")
 
