@@ -23,6 +23,7 @@ overrides each stage uses.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -32,10 +33,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from utils.config import ConfigError, load_config
+from utils.config import ConfigError, ModelConfig, load_config
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 STAGES = ("corpus", "preencoder", "vocoder", "preprocess", "echolancer", "evaluate")
+# Top-level sections of a model config: the Echolancer stage's overrides of these go to preprocess.py too.
+MODEL_CONFIG_SECTIONS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,6 +166,8 @@ def plan(p: DemoProfile, work: str, wandb_mode: str) -> list[Step]:
             pre_export, "--config", _abs(p.echolancer.model_config), "--val_fraction", str(p.preprocess.val_fraction),
             "--workers", str(p.preprocess.workers), "--device", p.device, "--no_progress"]
     prep += ["--bert_model", bert] if bert else []
+    # The model-config overrides of the Echolancer stage hold for the data it trains on (the BERT width).
+    prep += sets([o for o in p.echolancer.overrides if o.split(".", 1)[0] in MODEL_CONFIG_SECTIONS])
     front = p.echolancer.text_frontend
     prep += ["--text_frontend", front] if front else []
     train = [py, _abs("train.py"), "--model_config", _abs(p.echolancer.model_config),

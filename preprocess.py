@@ -336,13 +336,15 @@ def preprocess(
     device: str = "cpu",
     progress: bool = True,
     text_frontend: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
 ) -> dict:
     """Convert a dataset; returns the QA report (also written to ``OUT/qa_report.json``).
 
-    ``text_frontend`` (chars or phonemes) overrides the config's ``model.text_frontend``."""
+    ``text_frontend`` (chars or phonemes) overrides the config's ``model.text_frontend``;
+    ``overrides`` are ``KEY=VALUE`` changes to the model config, as ``train.py --set`` takes them."""
     from scripted_preencoder import ScriptedPreEncoder  # a front end: imported only when used
 
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, overrides)
     audio = cfg.preprocessing.audio
     val_fraction = cfg.preprocessing.val_fraction if val_fraction is None else val_fraction
     if not 0.0 <= val_fraction < 1.0:
@@ -481,11 +483,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--no_progress", action="store_true")
     p.add_argument("--text_frontend", default=None, choices=["chars", "phonemes"],
                    help="text ids: characters or phonemes (default: the config's model.text_frontend)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override, e.g. model.emotion_input_size=384 (as train.py's --set)")
     args = p.parse_args(argv)
     try:
         report = preprocess(args.input_dir, args.output_dir, args.pre_encoder_dir, args.config, args.bert_model,
                             args.val_fraction, args.workers, args.layout, args.trim_silence, args.batch_size,
-                            args.device, progress=not args.no_progress, text_frontend=args.text_frontend)
+                            args.device, progress=not args.no_progress, text_frontend=args.text_frontend,
+                            overrides=args.set)
     except (ConfigError, ValueError, OSError) as e:  # setup problems: one line, no traceback
         print(f"preprocess.py: error: {e}", file=sys.stderr)
         return 2

@@ -84,3 +84,15 @@ def test_a_failing_stage_stops_the_demo_and_shows_its_command_and_log(tmp_path, 
     assert "stage 'corpus' failed" in err and "make_corpus.py" in err
     assert "missing.txt" in err  # the script's own error, from the log's last lines
     assert not (tmp_path / "w" / ".done" / "corpus").exists()
+
+
+def test_preprocess_gets_the_model_overrides_training_gets(tmp_path):
+    # Before: the GPU profile set model.emotion_input_size=384 for training only, and preprocess.py
+    # refused MiniLM's 384-wide vectors against config/model.yaml's 768.
+    p, _ = demo.load_profile("gpu")
+    cmd = {s.stage: s.commands[-1] for s in demo.plan(p, str(tmp_path), "disabled")}
+    prep = [cmd["preprocess"][i + 1] for i, a in enumerate(cmd["preprocess"]) if a == "--set"]
+    assert "model.emotion_input_size=384" in prep
+    assert not [o for o in prep if o.split(".")[0] not in demo.MODEL_CONFIG_SECTIONS]  # no training keys
+    cfg = load_config(os.path.join(ROOT, p.echolancer.model_config), prep)
+    assert cfg.model.emotion_input_size == 384
