@@ -10,7 +10,7 @@
 
 Everything the run writes goes under --output_dir: ckpt/ (training state, for resuming), export/
 (echolancer.pt, the inference export), samples/, wandb/, train.log.
-Exit status: 0 finished / early-stopped / stopped by a signal (a checkpoint was saved),
+Exit status: 0 finished / early-stopped / out of training.max_minutes / stopped by a signal (saved),
 1 failure (repeated non-finite losses: the last good state was saved; or a bug: traceback in
 train.log), 2 bad config, data, checkpoint or output directory (one line).
 """

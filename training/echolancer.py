@@ -96,7 +96,7 @@ class RunPaths:
 
 @dataclass
 class TrainResult:
-    status: str  # "finished", "early_stopped", "interrupted", "nonfinite"
+    status: str  # "finished", "early_stopped", "time_budget", "interrupted", "nonfinite"
     step: int
     epoch: int
     best_val_loss: Optional[float]
@@ -546,6 +546,7 @@ class Trainer:
                    disable=not self.dist.is_main, dynamic_ncols=True, desc="train")
         window = MetricWindow(last_keys=("train/lr",))
         self._max_steps = max_steps
+        self._started = time.perf_counter()  # for training.max_minutes
         self.model.train()
         try:
             while status == "finished" and self.epoch < tc.epochs and self.step < max_steps:
@@ -559,12 +560,14 @@ class Trainer:
                     self._after_validation(self.validate())
                     if self.early_stopping.should_stop:
                         status = "early_stopped"
-            if status in ("finished", "early_stopped"):
+            if status in ("finished", "early_stopped", "time_budget"):
                 if self._saved_step != self.step:
                     self.save()
                 if status == "early_stopped":
                     log.info("early stopping at step %d: no improvement for %d validations",
                              self.step, self.early_stopping.patience)
+                if status == "time_budget":
+                    log.info("training.max_minutes (%g) reached at step %d", tc.max_minutes, self.step)
                 self._restore_best()
                 if self.paths.export and self.dist.is_main:
                     path = export_echolancer(self.model, self.mcfg, self.tokenizer,
@@ -601,9 +604,23 @@ class Trainer:
             window.add(metrics)  # stays on the device until the log step reads the window
             bar.update(1)
             status = self._periodic(window, bar)
+            if status == "finished" and self._time_is_up():
+                status = "time_budget"
             if status != "finished":
                 return status, False
         return "finished", False
+
+    def _time_is_up(self) -> bool:
+        """Whether ``training.max_minutes`` of this process's training have passed, checked every
+        ``check_step`` steps (all ranks together: rank 0's clock decides)."""
+        tc = self.tcfg.training
+        if tc.max_minutes is None or self.step % tc.check_step != 0:
+            return False
+        up = time.perf_counter() - self._started >= tc.max_minutes * 60
+        if self.dist.enabled:
+            flag = torch.tensor(float(up and self.dist.is_main), device=self.device)
+            up = bool(all_reduce_max(flag) > 0)
+        return up
 
     def _periodic(self, window: MetricWindow, bar: Optional[tqdm] = None) -> str:
         """Logging, validation, saving and testing after a step; returns the run status."""

@@ -137,3 +137,17 @@ def test_validations_while_the_prior_is_on_do_not_count_for_early_stopping(data,
             "training.val_step=1", "training.max_steps=8", "early_stopping.patience=100")
     assert counted == [5, 6, 7, 8]
     assert t.early_stopping.best_step >= 5
+
+
+def test_max_minutes_stops_training_as_if_finished_and_exports(data, tmp_path, monkeypatch):
+    import training.echolancer as recipe
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    clock = iter(range(0, 10_000, 20))  # every reading of the clock is 20 s later
+
+    monkeypatch.setattr(recipe.time, "perf_counter", lambda: float(next(clock)))
+    out = tmp_path / "run"
+    # 1 minute = 3 readings; checked every 2 steps: the budget is seen at step 2.
+    t = run(data, out, "training.max_minutes=1.0", "training.check_step=2", "training.max_steps=50")
+    assert t.step == 2
+    assert os.path.isfile(out / "export" / "echolancer.pt")

@@ -97,6 +97,9 @@ class TrainingSection:
     max_tokens: Optional[int] = None  # audio-token budget per batch (bucketed sampler)
     epochs: int = 100
     max_steps: Optional[int] = None
+    # Wall-clock budget of one training process, in minutes: training stops there as if finished
+    # (saves, restores the best weights, exports). The LR schedule still follows max_steps.
+    max_minutes: Optional[float] = None
     grad_acc_step: int = 1
     grad_clip_thresh: float = 1.0
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
@@ -123,6 +126,8 @@ class TrainingSection:
         _require(self.epochs >= 1, "epochs must be >= 1")
         _require(self.max_steps is None or self.max_steps >= 1,
                  f"max_steps must be >= 1 (or null: train for epochs), got {self.max_steps}")
+        _require(self.max_minutes is None or self.max_minutes > 0,
+                 f"max_minutes must be > 0 (or null: no time budget), got {self.max_minutes}")
         _require(self.test_temperature >= 0.0, "test_temperature must be >= 0")
         _require(self.eval_step is None or self.eval_step > 0, "eval_step must be > 0 or null")
         for name in ("log_step", "val_step", "save_step", "test_step", "keep_last", "test_max_length",
