@@ -17,6 +17,14 @@ def test_lists_are_deterministic_distinct_and_disjoint():
     assert not set(train) & set(held)
 
 
+def test_extra_training_list_repeats_neither_list_and_leaves_them_unchanged():
+    train, held, extra = gen.split_sentences(n_extra=gen.N_EXTRA)
+    assert (train, held) == gen.split_sentences()
+    assert len(extra) == len(set(extra)) == gen.N_EXTRA
+    assert not set(extra) & (set(train) | set(held))
+    assert len(train) + len(extra) >= 3000
+
+
 def test_sentences_look_like_english_sentences():
     train, held = gen.split_sentences(200, 20, seed=7)
     for s in train + held:
