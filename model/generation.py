@@ -259,9 +259,9 @@ def static_decoder(model: Echolancer, enc, batch_size: int, max_length: int, dty
     """A decode state loaded with ``enc`` and its step function, reused across calls.
 
     Keyed by (batch size, max length, cache dtype, device, text-length bucket, autocast, graph,
-    attention window): the first
-    call with a key allocates a :class:`StaticDecodeState` (and, with ``graph``, captures a
-    :class:`CudaGraphStep` on it); later calls copy their inputs into the same buffers and replay.
+    attention window): the first call with a key allocates a :class:`StaticDecodeState` (and, with
+    ``graph``, captures a :class:`CudaGraphStep` on it); later calls copy their inputs into the same
+    buffers and replay.
     Entries are dropped when the model's weights move (see :func:`_weights_fingerprint`).
     """
     device = enc.memory.device
