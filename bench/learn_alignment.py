@@ -38,11 +38,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from model.alignment import alignment_prior, guided_attention_loss, prior_weight  # noqa: E402
+from model.alignment import alignment_loss, alignment_prior, prior_weight  # noqa: E402
 from model.echolancer import Echolancer  # noqa: E402
 from model.generation import generate  # noqa: E402
 from model.loss import EcholancerLoss  # noqa: E402
 from utils.config import load_config  # noqa: E402
+from utils.config.train import AlignmentConfig  # noqa: E402
 
 LETTERS = 26
 SMALL = [  # the benchmark size: ~1.5 M parameters
@@ -51,15 +52,18 @@ SMALL = [  # the benchmark size: ~1.5 M parameters
     "model.emotion_input_size=8", "model.emotion_hidden_sizes=[8]", "model.emotion_channels=8",
     "model.multi_speaker=false", "model.vq_token_mode=false",
 ]
-# name -> (model overrides, alignment prior on, legacy symmetric encoder, guided attention loss on)
-VARIANTS: dict[str, tuple[list[str], bool, bool, bool]] = {
-    "default": ([], True, False, True),  # what config/train.yaml trains: prior + guided loss
-    "prior_only": ([], True, False, False),  # the default before the guided loss
-    "guided_only": ([], False, False, True),
-    "no_prior": ([], False, False, False),
-    "symmetric_old": (["model.use_alibi=true"], False, True, False),
-    "sinusoidal": (["model.use_alibi=false"], False, False, False),
-    "directional": (["model.use_alibi=true", "model.encoder_position=directional"], False, False, False),
+# name -> (model overrides, alignment prior on, legacy symmetric encoder, guided loss on, forward-sum on)
+VARIANTS: dict[str, tuple[list[str], bool, bool, bool, bool]] = {
+    "default": ([], True, False, True, False),  # what config/train.yaml trains: prior + guided loss
+    "prior_only": ([], True, False, False, False),  # the default before the guided loss
+    "guided_only": ([], False, False, True, False),
+    "forward_sum": ([], True, False, False, True),  # prior + the forward-sum (CTC) loss
+    "forward_sum_guided": ([], True, False, True, True),  # prior + both losses
+    "forward_sum_only": ([], False, False, False, True),
+    "no_prior": ([], False, False, False, False),
+    "symmetric_old": (["model.use_alibi=true"], False, True, False, False),
+    "sinusoidal": (["model.use_alibi=false"], False, False, False, False),
+    "directional": (["model.use_alibi=true", "model.encoder_position=directional"], False, False, False, False),
     "absolute": (["model.use_alibi=true", "model.encoder_position=absolute"], False, False, False),
     "directional_absolute": (["model.use_alibi=true", "model.encoder_position=directional_absolute"],
                              False, False, False),
@@ -170,8 +174,7 @@ class RunArgs:
     prior_hold: int
     prior_anneal: int
     prior_scale: float
-    guided_weight: float  # 0 = off
-    guided_sigma: float
+    align: AlignmentConfig  # the alignment losses (weights 0 = off), as training reads them
 
 
 def run_variant(a: RunArgs) -> dict:
@@ -202,13 +205,11 @@ def run_variant(a: RunArgs) -> dict:
         S, T = b["texts"].shape[1], b["mels"].shape[1]
         w = prior_weight(step, a.prior, a.prior_hold, a.prior_anneal)
         bias = alignment_prior(b["src_lens"], b["mel_lens"], S, T, a.prior_scale, w)
-        guided = a.guided_weight > 0
         out = model(None, b["texts"], b["src_lens"], b["mels"], b["mel_lens"], cross_bias=bias,
-                    return_cross_weights=guided)
+                    return_cross_weights=a.align.loss_on)
         loss = loss_fn(out).total
-        if guided:
-            loss = loss + a.guided_weight * guided_attention_loss(out.cross_weights, b["src_lens"], b["mel_lens"] + 1,
-                                                                  a.guided_sigma)
+        if a.align.loss_on:  # the same loss, and normalisation per decoder step, as training
+            loss = loss + alignment_loss(out.cross_weights, b["src_lens"], b["mel_lens"] + 1, a.align)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -281,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prior_scale", type=float, default=1.0)
     p.add_argument("--guided_weight", type=float, default=1.0, help="guided attention loss weight (variants with it)")
     p.add_argument("--guided_sigma", type=float, default=0.2)
+    p.add_argument("--forward_sum_weight", type=float, default=1.0, help="forward-sum loss weight (variants with it)")
     args = p.parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -289,11 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     base = ([] if args.keep_size else SMALL) + args.set
     runs = []
     for name in args.variants:
-        overrides, prior, legacy, guided = VARIANTS[name]
+        overrides, prior, legacy, guided, fsum = VARIANTS[name]
+        align = AlignmentConfig(guided_weight=args.guided_weight if guided else 0.0, guided_sigma=args.guided_sigma,
+                                forward_sum_weight=args.forward_sum_weight if fsum else 0.0)
         runs.append(RunArgs(name, args.config, base + overrides, prior, legacy, args.minutes, args.max_steps,
                             args.threads, args.seed, args.batch_size, args.lr, args.eval_every,
                             args.prior_hold, args.prior_anneal, args.prior_scale,
-                            args.guided_weight if guided else 0.0, args.guided_sigma))
+                            align))
     print(f"learn_alignment: {len(runs)} variant(s), {args.minutes} min each, {args.threads} thread(s), "
           f"{args.jobs} at a time; base overrides: {' '.join(base) or '(none)'}", flush=True)
     if args.jobs > 1:

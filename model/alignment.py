@@ -18,6 +18,13 @@ the prior fades. :func:`guided_attention_loss` (Tachibana et al. 2018, "guided a
 the model's own cross-attention directly: it penalises attention mass far from the diagonal,
 with weight 1 − exp(−(s/S − t/T)² / 2g²) at text position s of S and audio step t of T.
 
+The guided loss's band is a fixed diagonal: it penalises correct alignments whose pace varies
+(a pause, a long vowel, a letter of 2 tokens beside one of 6). :func:`forward_sum_loss` (the
+"forward-sum" or CTC alignment loss of RAD-TTS, Shih et al. 2021, and NeMo's T5-TTS) asks only for
+order: the likelihood, summed over every monotonic path that visits each text position in turn
+(with a blank for steps that attend to nothing in particular), of the decoder's own cross-attention.
+Any speaking rate scores the same, so long as the attention moves forward through all the text.
+
 At inference :func:`window_mask` can hold the decoder to the text it has reached: each step's
 cross-attention sees only positions [p − back, p + forward] around p, the furthest text position
 its attention has peaked at so far (``generation.attention_window``; the decode loop keeps p).
@@ -143,6 +150,69 @@ def guided_attention_loss(
     total = sum((a.float() * w).sum() / a.shape[1] for a in weights) / len(weights)
     denom = normalizer if normalizer is not None else tgt_lens.sum().clamp(min=1)
     return total / denom
+
+
+def forward_sum_loss(
+    weights: list[Tensor], src_lens: Tensor, tgt_lens: Tensor, blank_logprob: float = -1.0,
+    normalizer: Optional[float | Tensor] = None,
+) -> Tensor:
+    """CTC over text positions: −log P(the attention visits every text position, in order).
+
+    Each layer's cross-attention, averaged over heads, is read as a distribution over text
+    positions per decoder step. A blank class with log-score ``blank_logprob`` is put before the
+    text and the row renormalised; the CTC target of a row of S_b symbols is simply 1, 2, ..., S_b.
+    Heads are averaged rather than scored one by one so that a head may attend elsewhere (e.g. to
+    the whole sentence) while the layer as a whole moves through the text.
+
+    Args:
+        weights: each decoder layer's cross-attention probabilities (B, H, T, S) (0 on padded text).
+        src_lens: (B,) text lengths.  tgt_lens: (B,) valid decoder steps (codec tokens + EOS).
+        blank_logprob: log-score of the blank column before renormalisation (RAD-TTS uses −1).
+        normalizer: divide the summed negative log-likelihood by this (the accumulated batch's
+            valid-step count, as the token loss does) instead of this batch's count.
+    Returns:
+        scalar float32 ≥ 0: the negative log-likelihood per decoder step, averaged over layers.
+        A row with fewer steps than symbols (no monotonic path) contributes 0.
+    """
+    if not weights:
+        raise ValueError("forward_sum_loss needs the cross-attention weights of at least one layer")
+    B, _, T, S = weights[0].shape
+    valid_text = torch.arange(S, device=src_lens.device)[None, None, :] < src_lens[:, None, None]  # (B, 1, S)
+    targets = torch.arange(1, S + 1, device=src_lens.device).expand(B, S)
+    total = torch.zeros((), device=weights[0].device)
+    for a in weights:
+        p = a.float().mean(dim=1)  # (B, T, S)
+        # Padded text gets a score whose probability is 0 in float32 (−inf would give CTC's backward
+        # 0·inf = NaN); real positions are floored at 1e-8, so one the attention ignores still has a
+        # finite, large cost.
+        logp = torch.log(p.clamp(min=1e-8)).masked_fill(~valid_text, -1.0e4)
+        blank = torch.full((B, T, 1), blank_logprob, device=p.device)
+        logp = torch.log_softmax(torch.cat([blank, logp], dim=-1), dim=-1)  # (B, T, S + 1)
+        nll = torch.nn.functional.ctc_loss(
+            logp.transpose(0, 1), targets, tgt_lens.long(), src_lens.long(), blank=0, reduction="none",
+            zero_infinity=True,
+        )
+        total = total + nll.sum()
+    denom = normalizer if normalizer is not None else tgt_lens.sum().clamp(min=1)
+    return total / len(weights) / denom
+
+
+def alignment_loss(weights: list[Tensor], src_lens: Tensor, tgt_lens: Tensor, cfg,
+                   normalizer: Optional[float | Tensor] = None) -> Tensor:
+    """The training alignment loss: ``guided_weight``·guided + ``forward_sum_weight``·forward-sum.
+
+    Args:
+        weights, src_lens, tgt_lens, normalizer: as :func:`guided_attention_loss`.
+        cfg: the training config's ``alignment`` section (``utils.config.train.AlignmentConfig``).
+    """
+    total = torch.zeros((), device=weights[0].device)
+    if cfg.guided_weight > 0:
+        total = total + cfg.guided_weight * guided_attention_loss(weights, src_lens, tgt_lens, cfg.guided_sigma,
+                                                                  normalizer)
+    if cfg.forward_sum_weight > 0:
+        total = total + cfg.forward_sum_weight * forward_sum_loss(weights, src_lens, tgt_lens,
+                                                                  cfg.forward_sum_blank, normalizer)
+    return total
 
 
 def window_mask(pos: Tensor, S: int, window: tuple[int, int]) -> Tensor:

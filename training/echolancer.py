@@ -33,10 +33,10 @@ from data.dataset import Collate, EcholancerDataset
 from data.sampler import BucketBatchSampler
 from model.alignment import (
     alignment_image,
+    alignment_loss,
     alignment_prior,
     cross_attention_maps,
     diagonality,
-    guided_attention_loss,
     prior_weight,
 )
 from model.echolancer import Echolancer
@@ -352,14 +352,13 @@ class Trainer:
         if training:
             bias = alignment_prior(batch["src_lens"], batch["mel_lens"], batch["texts"].shape[1],
                                    batch["mels"].shape[1], ac.prior_scale, self.prior_weight())
-        guided = training and ac.guided_weight > 0
+        aligned = training and ac.loss_on
         with self._autocast():
-            out = model(**batch, cross_bias=bias, return_cross_weights=guided)
+            out = model(**batch, cross_bias=bias, return_cross_weights=aligned)
         lo = self.criterion(out, normalizer=normalizer)
-        if guided:
-            lo.align = guided_attention_loss(out.cross_weights, batch["src_lens"], batch["mel_lens"] + 1,
-                                             ac.guided_sigma, normalizer)
-            lo.total = lo.total + ac.guided_weight * lo.align
+        if aligned:
+            lo.align = alignment_loss(out.cross_weights, batch["src_lens"], batch["mel_lens"] + 1, ac, normalizer)
+            lo.total = lo.total + lo.align
         return lo
 
     def train_step(self, micro: list[dict]) -> Optional[StepMetrics]:

@@ -10,6 +10,7 @@ from model.alignment import (
     beta_binomial_log_prior,
     cross_attention_maps,
     diagonality,
+    forward_sum_loss,
     guided_attention_loss,
     guided_attention_weights,
     prior_weight,
@@ -165,6 +166,78 @@ def test_a_few_steps_of_the_guided_loss_make_the_attention_diagonal():
         loss.backward()
         opt.step()
     after = float(diagonality(cross_attention_maps(m, batch)[-1], sl, ml + 1).mean())
+    assert before < 0.6 and after > 0.8, (before, after)
+
+
+def _path(durations: list[int], T: int, S: int, reverse: bool = False) -> torch.Tensor:
+    """(T, S) attention that holds text position s for durations[s] steps (mostly), in order."""
+    a = torch.full((T, S), 0.02 / S)
+    t = 0
+    for s, d in enumerate(durations):
+        a[t : t + d, S - 1 - s if reverse else s] += 0.98
+        t += d
+    return a
+
+
+def test_forward_sum_prefers_any_monotonic_pace_to_a_smear_or_a_reversal():
+    S, T = 6, 36
+    sl, tl = torch.tensor([S]), torch.tensor([T])
+    steady = _path([6] * 6, T, S)
+    drifting = _path([2, 2, 2, 10, 10, 10], T, S)  # fast, then slow: a valid alignment off the diagonal
+    smear = torch.full((T, S), 1.0 / S)
+    reverse = _path([6] * 6, T, S, reverse=True)
+
+    def fs(a):
+        return float(forward_sum_loss([a[None, None]], sl, tl))
+
+    def gd(a):
+        return float(guided_attention_loss([a[None, None]], sl, tl, 0.2))
+
+    assert fs(steady) < fs(drifting) < fs(smear) < fs(reverse)
+    # The point of the loss: a change of pace costs the forward-sum loss far less (relative to the
+    # smear) than the guided loss, whose fixed diagonal scores it as more than half a misalignment.
+    assert fs(drifting) / fs(smear) < 0.5 * gd(drifting) / gd(smear)
+    assert gd(drifting) / gd(smear) > 0.5
+
+
+def test_forward_sum_of_a_row_is_the_same_alone_and_in_a_padded_batch():
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(2, 2, 20, 7, generator=g)
+    sl, tl = torch.tensor([7, 4]), torch.tensor([20, 13])
+    w[1, :, :, 4:] = 0.0  # padded text carries no attention
+    w = w / w.sum(-1, keepdim=True)
+    w[1, :, 13:] = 0.0  # padded steps
+    both = forward_sum_loss([w], sl, tl, normalizer=1.0)
+    alone = [forward_sum_loss([w[b : b + 1, :, : tl[b], : sl[b]]], sl[b : b + 1], tl[b : b + 1], normalizer=1.0)
+             for b in range(2)]
+    torch.testing.assert_close(both, alone[0] + alone[1])
+    # Per decoder step by default: the sum over rows divided by their valid steps.
+    torch.testing.assert_close(forward_sum_loss([w], sl, tl), both / 33)
+
+
+def test_forward_sum_row_too_short_for_its_text_contributes_nothing():
+    w = torch.full((1, 1, 3, 5), 0.2)
+    assert float(forward_sum_loss([w], torch.tensor([5]), torch.tensor([3]))) == 0.0
+
+
+def test_a_few_steps_of_the_forward_sum_loss_make_the_attention_monotonic():
+    m = tiny_model().train()
+    g = torch.Generator().manual_seed(0)
+    texts, sl = torch.randint(3, 30, (4, 12), generator=g), torch.tensor([12, 10, 8, 12])
+    mels, ml = torch.randint(0, 100, (4, 48), generator=g), torch.tensor([48, 40, 30, 44])
+    batch = dict(speakers=torch.zeros(4, dtype=torch.long), texts=texts, src_lens=sl, mels=mels, mel_lens=ml)
+    before = float(diagonality(cross_attention_maps(m, batch)[-1], sl, ml + 1).mean())
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        out = m(torch.zeros(4, dtype=torch.long), texts, sl, mels, ml, return_cross_weights=True)
+        loss = forward_sum_loss(out.cross_weights, sl, ml + 1)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = float(diagonality(cross_attention_maps(m, batch)[-1], sl, ml + 1).mean())
+    assert losses[-1] < 0.5 * losses[0], losses
     assert before < 0.6 and after > 0.8, (before, after)
 
 

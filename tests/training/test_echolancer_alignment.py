@@ -116,8 +116,9 @@ def test_guided_attention_loss_is_logged_and_added_to_the_training_loss(data, tm
     for r in rows[0.0].values():
         assert r["train/align_loss"] == 0.0 and r["train/loss"] == pytest.approx(r["train/ce"])
     for r in rows[0.5].values():
-        assert 0.05 < r["train/align_loss"] < 1.0  # off-diagonal mass per step, untrained attention
-        assert r["train/loss"] == pytest.approx(r["train/ce"] + 0.5 * r["train/align_loss"], rel=1e-5)
+        # Weighted off-diagonal mass per step of an untrained attention: 0.5 x (0.1 .. 1).
+        assert 0.025 < r["train/align_loss"] < 0.5
+        assert r["train/loss"] == pytest.approx(r["train/ce"] + r["train/align_loss"], rel=1e-5)
 
 
 def test_validations_while_the_prior_is_on_do_not_count_for_early_stopping(data, tmp_path, monkeypatch):

@@ -57,6 +57,9 @@ class AlignmentConfig:
 
     The guided attention loss (``guided_weight`` > 0) trains the model's own cross-attention,
     without the prior, towards the diagonal band of width ``guided_sigma``, for the whole run.
+    The forward-sum loss (``forward_sum_weight`` > 0, CTC over text positions) asks only that the
+    attention visit the text in order, at any pace. Both may be on; their weighted sum is logged
+    as ``train/align_loss``.
     """
 
     prior: bool = True
@@ -65,11 +68,19 @@ class AlignmentConfig:
     prior_anneal_steps: int = 1000
     guided_weight: float = 1.0  # weight of the guided attention loss; 0 = off
     guided_sigma: float = 0.2  # band width g, as a fraction of text and audio length
+    forward_sum_weight: float = 0.0  # weight of the forward-sum (CTC) alignment loss; 0 = off
+    forward_sum_blank: float = -1.0  # log-score of its blank column (RAD-TTS: -1)
+
+    @property
+    def loss_on(self) -> bool:
+        """Whether training needs the model's cross-attention weights (any alignment loss on)."""
+        return self.guided_weight > 0 or self.forward_sum_weight > 0
 
     def check(self) -> None:
         _require(self.prior_scale > 0, f"prior_scale must be > 0, got {self.prior_scale}")
         _require(self.guided_weight >= 0, f"guided_weight must be >= 0, got {self.guided_weight}")
         _require(self.guided_sigma > 0, f"guided_sigma must be > 0, got {self.guided_sigma}")
+        _require(self.forward_sum_weight >= 0, f"forward_sum_weight must be >= 0, got {self.forward_sum_weight}")
         _require(self.prior_hold_steps >= 0 and self.prior_anneal_steps >= 0,
                  "prior_hold_steps and prior_anneal_steps must be >= 0")
 
