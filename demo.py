@@ -49,7 +49,10 @@ MODEL_CONFIG_SECTIONS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 @dataclass
 class CorpusProfile:
     train_sentences: list[str] = field(default_factory=lambda: ["scripts/sentences/train.txt"])
-    eval_sentences: str = "scripts/sentences/eval.txt"
+    eval_sentences: str = "scripts/sentences/eval.txt"  # the ladder's held-out set (WORK/eval)
+    # More held-out sets, scored on the model alone: each renders to WORK/corpus/eval_<stem> and is
+    # evaluated into WORK/eval_<stem> (e.g. a different source of text, or longer sentences).
+    extra_eval_sentences: list[str] = field(default_factory=list)
     voices: list[str] = field(default_factory=lambda: ["joe"])  # several = multi-speaker corpus
     train_limit: Optional[int] = None
     eval_limit: Optional[int] = None
@@ -151,12 +154,16 @@ def plan(p: DemoProfile, work: str, wandb_mode: str) -> list[Step]:
         return [a for v in vs for a in ("--voice", v)]
 
     make = [py, _abs("scripts/make_corpus.py")]
+    extra = {os.path.splitext(os.path.basename(path))[0]: path for path in c.extra_eval_sentences}
     corpus = [
         make + ["--sentences", *map(_abs, c.train_sentences), "--output_dir", corpus_train, *voices(c.voices)]
         + (["--limit", str(c.train_limit)] if c.train_limit else []),
         # Held-out sentences in the first voice (speaker 0): the references of the ladder.
         make + ["--sentences", _abs(c.eval_sentences), "--output_dir", corpus_eval, *voices(c.voices[:1])]
         + (["--limit", str(c.eval_limit)] if c.eval_limit else []),
+        *[make + ["--sentences", _abs(path), "--output_dir", os.path.join(work, "corpus", f"eval_{name}"),
+                  *voices(c.voices[:1])] + (["--limit", str(c.eval_limit)] if c.eval_limit else [])
+          for name, path in extra.items()],
     ]
     preencoder = [py, _abs("train_preencoder.py"), "--config", _abs(p.preencoder.config), "--data_dir", corpus_train,
                   "--output_dir", pre_dir, "--device", p.device, *sets(p.preencoder.overrides)]
@@ -184,6 +191,12 @@ def plan(p: DemoProfile, work: str, wandb_mode: str) -> list[Step]:
                 "--device", p.device, "--wandb_mode", wandb_mode]
     evaluate += (["--ladder"] if e.ladder else []) + (["--limit", str(e.limit)] if e.limit else [])
     evaluate += ["--bert_model", bert] if bert else []
+    evaluations = [evaluate]
+    for name in extra:  # the model alone on each further held-out set
+        ev = list(evaluate)
+        ev[ev.index("--reference_dir") + 1] = os.path.join(work, "corpus", f"eval_{name}")
+        ev[ev.index("--output_dir") + 1] = os.path.join(work, f"eval_{name}")
+        evaluations.append([a for a in ev if a != "--ladder"])
     return [
         # make_corpus.py and preprocess.py resume by themselves; the trainers start over.
         Step("corpus", corpus, [corpus_train, os.path.join(corpus_eval, "metadata.csv")]),
@@ -192,7 +205,8 @@ def plan(p: DemoProfile, work: str, wandb_mode: str) -> list[Step]:
           else []),
         Step("preprocess", [prep], [os.path.join(data, "qa_report.json")]),
         Step("echolancer", [train], [os.path.join(el_dir, "export", "echolancer.pt")], [el_dir]),
-        Step("evaluate", [evaluate], [os.path.join(work, "eval", "eval_report.json")]),
+        Step("evaluate", evaluations, [os.path.join(work, "eval", "eval_report.json")]
+             + [os.path.join(work, f"eval_{name}", "eval_report.json") for name in extra]),
     ]
 
 
@@ -272,14 +286,30 @@ def run_demo(profile: DemoProfile, work: str, stages: list[str], wandb_mode: str
         times[step.stage] = round(run_step(step, work, i, len(steps), cpu=profile.device == "cpu"), 1)
         open(marker, "w").close()
     summary = {"work_dir": work, "stage_seconds": times, "total_seconds": round(time.perf_counter() - t_all, 1)}
-    report_path = os.path.join(work, "eval", "eval_report.json")
-    if os.path.isfile(report_path):
-        with open(report_path, encoding="utf-8") as f:
+    result_path = os.path.join(work, "echolancer", "train_result.json")
+    if os.path.isfile(result_path):  # steps reached against the plan, beside the result
+        with open(result_path, encoding="utf-8") as f:
+            summary["echolancer_training"] = json.load(f)
+        r = summary["echolancer_training"]
+        print(f"echolancer: {r['status']} at step {r['step']} of {r['max_steps']} in {r['minutes']:.1f} min "
+              f"(max_minutes {r['max_minutes']})")
+    reports = {"eval": os.path.join(work, "eval", "eval_report.json")}
+    for name in sorted(os.listdir(work)):  # the further held-out sets (corpus.extra_eval_sentences)
+        if name.startswith("eval_") and os.path.isfile(os.path.join(work, name, "eval_report.json")):
+            reports[name] = os.path.join(work, name, "eval_report.json")
+    for name, path in reports.items():
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
             report = json.load(f)
-        summary["table"] = report["table"]
-        summary["stages"] = {k: {m: v[m] for m in ("wer", "cer", "stop_failure_rate", "length_ratio", "rtf")}
-                             for k, v in report["stages"].items()}
-        print("\n" + report["table"])
+        entry = {"table": report["table"], "by_length_table": report.get("by_length_table"),
+                 "stages": {k: {m: v[m] for m in ("wer", "cer", "stop_failure_rate", "length_ratio", "rtf")}
+                            for k, v in report["stages"].items()}}
+        if name == "eval":
+            summary.update(entry)
+        else:
+            summary.setdefault("extra_eval", {})[name] = entry
+        print(f"\n{name}:\n" + report["table"])
     with open(os.path.join(work, "demo_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     print(f"\ndemo finished in {summary['total_seconds']:.0f} s; everything is under {work}")

@@ -43,12 +43,15 @@ import torch
 from tqdm import tqdm
 
 from data.corpus import discover
-from utils.asr import WhisperASR, score_waveforms
+from utils.asr import WhisperASR, score_texts, score_waveforms
 from utils.audio import griffin_lim, load_wav, mel_spectrogram, save_wav
 from utils.checkpoint import CheckpointError
 from utils.config import AudioConfig, ConfigError
 
 STAGES = ("ground_truth", "griffin_lim", "vocoder", "round_trip", "model")
+# Sentence-length buckets (words): the training text runs to 30 words, so 31-45 and 46+ are the
+# 1.5x and 2x lengths of the long-sentence list.
+DEFAULT_LENGTH_EDGES = (10, 20, 30, 45)
 DEFAULT_CHARS_PER_SECOND = 15.0  # read English speech (LJSpeech averages about 15 characters a second)
 
 
@@ -83,6 +86,7 @@ class StageResult:
     stop_failure_rate: Optional[float]  # model only
     length_ratio: Optional[float]  # mean generated / expected duration
     per_utterance: list[dict] = field(default_factory=list)
+    by_length: list[dict] = field(default_factory=list)  # WER/CER per sentence-length bucket (words)
 
 
 @dataclass
@@ -187,7 +191,7 @@ def model_clips(
 
 
 def score_clips(stage: str, clips: list[Clip], asr: WhisperASR, synthesis_seconds: Optional[float],
-                out_dir: Optional[str] = None) -> StageResult:
+                out_dir: Optional[str] = None, edges: tuple[int, ...] = DEFAULT_LENGTH_EDGES) -> StageResult:
     """Transcribe and score ``clips``; write them to ``out_dir/<stage>/`` when given."""
     rates, hyps = score_waveforms(asr, [c.text for c in clips], [c.wav for c in clips], [c.sample_rate for c in clips])
     seconds = [len(c.wav) / c.sample_rate for c in clips]
@@ -215,7 +219,57 @@ def score_clips(stage: str, clips: list[Clip], asr: WhisperASR, synthesis_second
         stop_failure_rate=round(float(np.mean(stops)), 4) if stops else None,
         length_ratio=round(float(np.mean(ratios)), 4) if ratios else None,
         per_utterance=per_utt,
+        by_length=length_buckets(per_utt, edges),
     )
+
+
+def bucket_label(words: int, edges: tuple[int, ...]) -> str:
+    """``words`` -> its bucket of ``edges`` (e.g. 10, 20 -> "1-10", "11-20", "21+")."""
+    lo = 1
+    for edge in edges:
+        if words <= edge:
+            return f"{lo}-{edge}"
+        lo = edge + 1
+    return f"{lo}+"
+
+
+def length_buckets(per_utt: list[dict], edges: tuple[int, ...] = DEFAULT_LENGTH_EDGES) -> list[dict]:
+    """WER and CER (corpus-level, within the bucket), stop failures and length ratio per bucket of
+    sentence length in words; buckets with no sentence are left out, the rest in order."""
+    groups: dict[str, list[dict]] = {}
+    for u in per_utt:
+        groups.setdefault(bucket_label(len(u["text"].split()), edges), []).append(u)
+    order = [bucket_label(e, edges) for e in edges] + [bucket_label(edges[-1] + 1, edges)] if edges else ["1+"]
+    rows = []
+    for label in order:
+        us = groups.get(label)
+        if not us:
+            continue
+        rates = score_texts([u["text"] for u in us], [u["transcript"] for u in us])
+        stops = [u["hit_max_length"] for u in us if u["hit_max_length"] is not None]
+        ratios = [u["seconds"] / u["expected_seconds"] for u in us if u["expected_seconds"]]
+        rows.append({"words": label, "n": len(us), "wer": round(rates.wer, 4), "cer": round(rates.cer, 4),
+                     "stop_failure_rate": round(float(np.mean(stops)), 4) if stops else None,
+                     "length_ratio": round(float(np.mean(ratios)), 4) if ratios else None})
+    return rows
+
+
+def worst_sentences(per_utt: list[dict], n: int) -> list[dict]:
+    """The ``n`` sentences with the highest WER (then CER), with what the ASR heard."""
+    ranked = sorted(per_utt, key=lambda u: (u["wer"], u["cer"]), reverse=True)[:n]
+    return [{k: u[k] for k in ("text", "transcript", "wer", "cer", "hit_max_length", "wav")} for u in ranked]
+
+
+def format_buckets(results: list[StageResult]) -> str:
+    """A markdown table of WER by sentence length, one row per stage and bucket."""
+    lines = ["| stage | words | n | WER | CER | stop failures | length ratio |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for b in r.by_length:
+            stop = "-" if b["stop_failure_rate"] is None else f"{100 * b['stop_failure_rate']:.1f}%"
+            ratio = "-" if b["length_ratio"] is None else f"{b['length_ratio']:.2f}"
+            lines.append(f"| {r.stage} | {b['words']} | {b['n']} | {100 * b['wer']:.1f}% | {100 * b['cer']:.1f}% "
+                         f"| {stop} | {ratio} |")
+    return "\n".join(lines)
 
 
 def format_table(results: list[StageResult]) -> str:
@@ -247,6 +301,10 @@ def evaluate(args: argparse.Namespace) -> dict:
         raise ConfigError("give --checkpoint and --sentences (model), --reference_dir (recordings), or both")
     if args.checkpoint and not args.pre_encoder_dir:
         raise ConfigError("--checkpoint needs --pre_encoder_dir: without it the model's tokens cannot become audio")
+    edges = list(args.length_buckets)
+    if not edges or edges[0] < 1 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ConfigError(f"--length_buckets {' '.join(map(str, edges))}: need increasing word counts >= 1, "
+                          f"e.g. {' '.join(map(str, DEFAULT_LENGTH_EDGES))}")
     device = torch.device(args.device)
     os.makedirs(args.output_dir, exist_ok=True)
 
@@ -299,7 +357,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                 notes.append("model: skipped (needs --checkpoint)")
                 continue
             clips, spent = _run_model(args, loaded, pre, vocoder, texts, refs, device)
-        result = score_clips(stage, clips, asr, spent, args.output_dir)
+        result = score_clips(stage, clips, asr, spent, args.output_dir, tuple(args.length_buckets))
         results.append(result)
         samples[stage] = clips[:2]
         print(f"{stage}: WER {100 * result.wer:.1f}%  CER {100 * result.cer:.1f}%  "
@@ -315,11 +373,20 @@ def evaluate(args: argparse.Namespace) -> dict:
         "notes": notes,
         "stages": {r.stage: asdict(r) for r in results},
         "table": format_table(results),
+        "by_length_table": format_buckets(results),
+        "worst": {r.stage: worst_sentences(r.per_utterance, args.worst) for r in results},
     }
     with open(os.path.join(args.output_dir, "eval_report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
     _log_wandb(args, results, samples, report["checkpoint_step"] or 0)
     print("\n" + report["table"])
+    print("\nWER by sentence length (words):\n" + report["by_length_table"])
+    for stage, worst in report["worst"].items():
+        if stage in ("model", "round_trip") and worst:
+            print(f"\nworst {len(worst)} of {stage}:")
+            for u in worst:
+                stop = "  [no stop]" if u["hit_max_length"] else ""
+                print(f"  WER {100 * u['wer']:5.1f}%  {u['text']}\n              heard: {u['transcript']}{stop}")
     for note in notes:
         print(f"note: {note}")
     print(f"report: {os.path.join(args.output_dir, 'eval_report.json')}")
@@ -373,6 +440,8 @@ def _log_wandb(args: argparse.Namespace, results: list[StageResult], samples: di
             value = getattr(r, key)
             if value is not None:
                 metrics[f"eval/{r.stage}/{key}"] = value
+        for b in r.by_length:
+            metrics[f"eval/{r.stage}/wer_words_{b['words']}"] = b["wer"]
     logger.log(metrics, step)
     for stage, clips in samples.items():  # a couple of clips per stage to listen to
         for i, c in enumerate(clips):
@@ -402,6 +471,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="monotonic cross-attention window in text positions (default: the model config's "
                         "generation.attention_window; -1 -1 = none)")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--length_buckets", type=int, nargs="+", default=list(DEFAULT_LENGTH_EDGES), metavar="WORDS",
+                   help="upper edges of the sentence-length buckets, in words (default: %(default)s)")
+    p.add_argument("--worst", type=int, default=10, help="list this many worst sentences per stage")
     p.add_argument("--chars_per_second", type=float, default=DEFAULT_CHARS_PER_SECOND,
                    help="expected speaking rate when there is no reference clip (see preprocess's qa_report.json)")
     p.add_argument("--gl_iters", type=int, default=32, help="Griffin-Lim iterations")

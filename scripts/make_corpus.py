@@ -23,8 +23,10 @@ Voices (``--voice``, repeatable):
   (``apt-get install espeak-ng``), if installed.
 
 These are tools for tests and the demo; training on your own recordings does not need them.
-Rendering is resumable: a WAV that already exists is kept (files are written under a temporary
-name and renamed, so an interrupted run never leaves half a WAV behind).
+Rendering is resumable: a WAV that already exists is kept when it was rendered from the same text
+(``DIR/render_manifest.tsv`` records each clip's text as it is written, ``metadata.csv`` at the end);
+a clip whose sentence changed, or that nothing records, is rendered again. Files are written under a
+temporary name and renamed, so an interrupted run never leaves half a WAV behind.
 """
 
 from __future__ import annotations
@@ -188,6 +190,30 @@ class CorpusSummary:
     seconds: float  # total audio duration
 
 
+MANIFEST = "render_manifest.tsv"
+
+
+def rendered_texts(out_dir: str) -> dict[str, str]:
+    """utt_id -> the text its WAV was rendered from, as ``metadata.csv`` (a finished run) and then
+    the manifest (each clip as it was written, newer) record it."""
+    texts: dict[str, str] = {}
+    meta = os.path.join(out_dir, "metadata.csv")
+    if os.path.isfile(meta):
+        with open(meta, encoding="utf-8") as f:
+            for line in f:
+                parts = line.rstrip("\n").split("|")
+                if len(parts) >= 2:
+                    texts[parts[0]] = parts[1]
+    path = os.path.join(out_dir, MANIFEST)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                utt_id, sep, text = line.rstrip("\n").partition("\t")
+                if sep:
+                    texts[utt_id] = text
+    return texts
+
+
 def render_speaker(
     sentences: list[str],
     out_dir: str,
@@ -199,26 +225,35 @@ def render_speaker(
     """Render ``sentences`` into ``out_dir`` (LJSpeech layout). Returns (rendered, skipped, seconds)."""
     wav_dir = os.path.join(out_dir, "wavs")
     os.makedirs(wav_dir, exist_ok=True)
+    recorded = rendered_texts(out_dir)
+    manifest = open(os.path.join(out_dir, MANIFEST), "a", encoding="utf-8")
     renderer = None  # loaded lazily: a fully rendered folder needs no voice at all
-    rows, rendered, skipped, seconds = [], 0, 0, 0.0
+    rows, rendered, skipped, seconds, stale = [], 0, 0, 0.0, 0
     # Progress on stderr while it works (rendering a corpus takes minutes), not only a summary at the end.
     bar = tqdm(sentences, desc=f"render {voice.name or 'corpus'}", unit="utt", file=sys.stderr, leave=True)
     for i, text in enumerate(bar, 1):
         utt_id = f"{prefix}_{i:04d}"
         path = os.path.join(wav_dir, utt_id + ".wav")
-        if os.path.exists(path):
+        if os.path.exists(path) and recorded.get(utt_id) == text:
             skipped += 1
             seconds += sf.info(path).duration
         else:
+            stale += os.path.exists(path)
             renderer = renderer or make_renderer(voice)
             audio = renderer(text)
             sr = sample_rate or renderer.sample_rate
             if sr != renderer.sample_rate:
                 audio = torchaudio.functional.resample(torch.from_numpy(audio), renderer.sample_rate, sr).numpy()
             _write_wav(path, audio, sr, channels)
+            manifest.write(f"{utt_id}\t{text}\n")
+            manifest.flush()  # an interrupted run keeps the record of every clip it finished
             rendered += 1
             seconds += len(audio) / sr
         rows.append(f"{utt_id}|{text}|{normalize_text(text)}")
+    manifest.close()
+    if stale:
+        print(f"{out_dir}: {stale} existing clip(s) rendered again (their sentence changed, or no record of it)",
+              file=sys.stderr)
     with open(os.path.join(out_dir, "metadata.csv"), "w", encoding="utf-8") as f:
         f.write("\n".join(rows) + "\n")
     return rendered, skipped, seconds

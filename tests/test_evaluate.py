@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from evaluate import main
+from evaluate import bucket_label, length_buckets, main, worst_sentences
 from model.echolancer import Echolancer
 from scripts.make_corpus import make_corpus
 from utils.asr import normalize_for_scoring, score_texts
@@ -115,8 +115,8 @@ def test_model_stage_counts_stop_failures_and_length_ratio(corpus, tmp_path, cap
                  "--max_length", "20", "--temperature", "0", "--batch_size", "2", "--speakers", "0", "1",
                  wandb="offline")
     assert list(report["stages"]) == ["ground_truth", "model"]
-    err = capsys.readouterr().err
-    assert "synthesise" in err and "4/4" in err  # synthesis progress while it runs
+    printed = capsys.readouterr()
+    assert "synthesise" in printed.err and "4/4" in printed.err  # synthesis progress while it runs
     model = report["stages"]["model"]
     assert report["checkpoint_step"] == 5
     assert model["utterances"] == 4  # two sentences x two speakers, in one batch of two at a time
@@ -133,6 +133,10 @@ def test_model_stage_counts_stop_failures_and_length_ratio(corpus, tmp_path, cap
     assert row["_step"] == 5
     assert row["eval/model/stop_failure_rate"] == 1.0
     assert row["eval/ground_truth/wer"] == pytest.approx(report["stages"]["ground_truth"]["wer"])
+    # Both sentences have 10 or 11 words: two buckets, logged and reported with the worst sentences.
+    assert [b["words"] for b in model["by_length"]] == ["1-10", "11-20"]
+    assert row["eval/model/wer_words_1-10"] == model["by_length"][0]["wer"]
+    assert len(report["worst"]["model"]) == 4 and "heard:" in printed.out
 
 
 def test_round_trip_without_a_vocoder_goes_through_griffin_lim(corpus, tmp_path):
@@ -151,3 +155,40 @@ def test_round_trip_without_a_vocoder_goes_through_griffin_lim(corpus, tmp_path)
     # Two frames per token, cropped back to the clip's own mel length: as long as Griffin-Lim's clip.
     rt, gl = report["stages"]["round_trip"], report["stages"]["griffin_lim"]
     assert [u["seconds"] for u in rt["per_utterance"]] == [u["seconds"] for u in gl["per_utterance"]]
+
+
+def _utt(text: str, transcript: str, hit: bool = False, seconds: float = 1.0) -> dict:
+    return {"text": text, "transcript": transcript, "wer": score_texts([text], [transcript]).wer,
+            "cer": score_texts([text], [transcript]).cer, "hit_max_length": hit, "seconds": seconds,
+            "expected_seconds": 1.0, "wav": None}
+
+
+def test_sentence_length_buckets_are_labelled_by_their_word_range():
+    edges = (10, 20, 30, 45)
+    assert [bucket_label(n, edges) for n in (1, 10, 11, 30, 31, 45, 46, 90)] == \
+        ["1-10", "1-10", "11-20", "21-30", "31-45", "31-45", "46+", "46+"]
+
+
+def test_wer_by_length_is_the_corpus_rate_within_each_bucket():
+    short_ok = _utt("the cat sat down", "the cat sat down")
+    short_bad = _utt("a dog ran off", "a frog ran")  # 2 errors in 4 words
+    long_text = " ".join(["word"] * 35)
+    long_cut = _utt(long_text, " ".join(["word"] * 28), hit=True, seconds=2.0)  # 7 deletions of 35
+    rows = length_buckets([short_ok, long_cut, short_bad], (10, 20, 30, 45))
+    assert [r["words"] for r in rows] == ["1-10", "31-45"]  # empty buckets left out, in order
+    assert rows[0]["n"] == 2 and rows[0]["wer"] == pytest.approx(2 / 8)  # per word, not a mean of rates
+    assert rows[0]["stop_failure_rate"] == 0.0
+    assert rows[1]["wer"] == pytest.approx(7 / 35) and rows[1]["stop_failure_rate"] == 1.0
+    assert rows[1]["length_ratio"] == pytest.approx(2.0)
+
+
+def test_worst_sentences_come_first_with_what_the_asr_heard():
+    utts = [_utt("one two three", "one two three"), _utt("four five six", "for"), _utt("seven eight", "seven ate")]
+    worst = worst_sentences(utts, 2)
+    assert [w["text"] for w in worst] == ["four five six", "seven eight"]
+    assert worst[0]["transcript"] == "for"
+
+
+def test_length_buckets_must_increase(tmp_path, capsys):
+    assert main(["--reference_dir", "x", "--output_dir", str(tmp_path), "--length_buckets", "20", "10"]) == 2
+    assert "--length_buckets 20 10" in capsys.readouterr().err

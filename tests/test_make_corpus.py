@@ -54,6 +54,29 @@ def test_one_voice_writes_ljspeech_layout_and_a_rerun_keeps_existing_wavs(tmp_pa
     assert first.stat().st_mtime_ns == stamp
 
 
+def test_a_clip_whose_sentence_changed_is_rendered_again_not_kept(tmp_path, capsys):
+    out = tmp_path / "ljs"
+    make_corpus(SENTENCES, str(out))
+    second = out / "wavs" / "EL_0002.wav"
+    before = sf.info(str(second)).duration
+    changed = [SENTENCES[0], "Short."]  # same number of lines, the second one edited
+    summary = make_corpus(changed, str(out))
+    assert (summary.rendered, summary.skipped) == (1, 1)
+    assert sf.info(str(second)).duration < before  # the audio says the new sentence
+    assert "1 existing clip(s) rendered again" in capsys.readouterr().err
+    assert (out / "metadata.csv").read_text().splitlines()[1].startswith("EL_0002|Short.|")
+
+
+def test_an_interrupted_run_keeps_the_clips_it_recorded_and_redoes_unrecorded_ones(tmp_path):
+    out = tmp_path / "ljs"
+    make_corpus(SENTENCES, str(out))
+    (out / "metadata.csv").unlink()  # as if stopped before the end: only the manifest knows the clips
+    assert make_corpus(SENTENCES, str(out)).skipped == 2
+    (out / "metadata.csv").unlink()
+    (out / "render_manifest.tsv").unlink()  # a WAV nothing records the text of is not trusted
+    assert make_corpus(SENTENCES, str(out)).rendered == 2
+
+
 def test_several_voices_write_one_folder_per_speaker_at_the_requested_format(tmp_path):
     out = tmp_path / "multi"
     summary = make_corpus(SENTENCES[:1], str(out), voices=["joe", "joe,pitch=1.5"], sample_rate=16000, channels=2)

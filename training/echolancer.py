@@ -15,6 +15,7 @@ recomputes those micro-batches and ends bitwise identical to an uninterrupted on
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -579,7 +580,18 @@ class Trainer:
             self.logger.summary({"final_step": self.step, "status": status,
                                  "best_val_loss": self.early_stopping.best_loss})
             self.logger.finish()
+            if self.dist.is_main:  # how far the run got against its plan, for the recipe's summary
+                self._write_result(status, max_steps)
         return TrainResult(status, self.step, self.epoch, self.early_stopping.best_loss, self.last_checkpoint)
+
+    def _write_result(self, status: str, max_steps: float) -> None:
+        """``OUTPUT/train_result.json``: status, steps reached and planned, minutes, best validation."""
+        result = {"status": status, "step": self.step,
+                  "max_steps": None if math.isinf(max_steps) else int(max_steps),
+                  "minutes": round((time.perf_counter() - self._started) / 60, 2),
+                  "max_minutes": self.tcfg.training.max_minutes, "best_val_loss": self.early_stopping.best_loss}
+        with open(os.path.join(self.paths.output_dir, "train_result.json"), "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
 
     def _run_epoch(self, max_steps: float, bar: tqdm, window: MetricWindow) -> tuple[str, bool]:
         """Steps through the rest of the current epoch. Returns (status, whether the epoch was exhausted)."""

@@ -1,7 +1,7 @@
 """Natural English training text from WordNet's usage examples, offline.
 
     apt-get install wordnet-base                        # Debian: /usr/share/wordnet/data.*
-    python scripts/sentences/wordnet.py                 # rewrites wordnet_train.txt and wordnet_eval.txt
+    python scripts/sentences/wordnet.py                 # rewrites wordnet_train*.txt and wordnet_eval.txt
     python scripts/sentences/wordnet.py --check         # exit 1 if the committed files are stale
 
 Source: the quoted usage examples in the glosses of WordNet 3.0 (Princeton University), as Debian's
@@ -12,7 +12,9 @@ below, travel with every copy, so it heads each generated file).
 
 The training list is drawn with a fixed seed, weighted towards longer examples (most examples are
 phrases of 3-8 words; a corpus of only those would never teach a long utterance). The in-domain
-held-out list is drawn from the remaining examples, so it never repeats a training sentence. The
+held-out list is drawn from the remaining examples, so it never repeats a training sentence. Long
+examples are rare (about 800 of 15+ words), so a second training list takes every one of them that
+the first two lists did not (drawn after both, so adding it changed neither). The
 natural held-out and long-sentence lists (``natural_eval.txt``, ``long_eval.txt``) are a different
 source, written by hand for this project.
 """
@@ -30,10 +32,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WORDNET_DIR = "/usr/share/wordnet"
 TRAIN_FILE = os.path.join(HERE, "wordnet_train.txt")
 EVAL_FILE = os.path.join(HERE, "wordnet_eval.txt")
+LONG_FILE = os.path.join(HERE, "wordnet_train_long.txt")
 SEED = 20261203
 N_TRAIN = 4200
 N_EVAL = 60
 MIN_WORDS, MAX_WORDS = 3, 30
+LONG_WORDS = 15  # every example this long that neither list took goes to the second training list
 
 NOTICE = """\
 # WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved.
@@ -97,6 +101,12 @@ def split_examples(examples: list[str], n_train: int = N_TRAIN, n_eval: int = N_
     return train, held_out
 
 
+def long_examples(examples: list[str], taken: set[str]) -> list[str]:
+    """Every usable example of ``LONG_WORDS``+ words not in ``taken``, in sorted order."""
+    pool = sorted({as_sentence(e) for e in examples if usable(e)} - taken)
+    return [s for s in pool if len(s.split()) >= LONG_WORDS]
+
+
 def _render(sentences: list[str], what: str) -> str:
     head = (f"# {what}: usage examples of WordNet 3.0 (Debian wordnet-base), drawn by "
             f"scripts/sentences/wordnet.py (seed {SEED}).\n# Do not edit by hand: regenerate.\n")
@@ -108,8 +118,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 if the committed lists are not what this makes")
     p.add_argument("--wordnet_dir", default=WORDNET_DIR)
     args = p.parse_args(argv)
-    train, held_out = split_examples(read_examples(args.wordnet_dir))
-    files = {TRAIN_FILE: _render(train, "Training sentences"), EVAL_FILE: _render(held_out, "In-domain held-out")}
+    examples = read_examples(args.wordnet_dir)
+    train, held_out = split_examples(examples)
+    long = long_examples(examples, set(train) | set(held_out))
+    files = {TRAIN_FILE: _render(train, "Training sentences"), EVAL_FILE: _render(held_out, "In-domain held-out"),
+             LONG_FILE: _render(long, f"Training sentences of {LONG_WORDS}+ words (the rest of them)")}
     if args.check:
         stale = [path for path, text in files.items()
                  if not os.path.isfile(path) or open(path, encoding="utf-8").read() != text]
@@ -122,6 +135,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     words = [len(s.split()) for s in train]
     print(f"{TRAIN_FILE}: {len(train)} sentences, {min(words)}-{max(words)} words (mean {sum(words)/len(words):.1f})")
     print(f"{EVAL_FILE}: {len(held_out)} sentences")
+    print(f"{LONG_FILE}: {len(long)} sentences")
     return 0
 
 
