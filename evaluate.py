@@ -43,6 +43,7 @@ import torch
 from tqdm import tqdm
 
 from data.corpus import discover
+from model.tracking import alignment_report, tracking_params
 from utils.asr import WhisperASR, score_texts, score_waveforms
 from utils.audio import griffin_lim, load_wav, mel_spectrogram, save_wav
 from utils.checkpoint import CheckpointError
@@ -72,6 +73,7 @@ class Clip:
     expected_seconds: Optional[float] = None
     hit_max_length: Optional[bool] = None
     speaker: Optional[int] = None
+    alignment: Optional[dict] = None  # model clips: model.tracking.alignment_report of the decode
 
 
 @dataclass
@@ -86,6 +88,11 @@ class StageResult:
     stop_failure_rate: Optional[float]  # model only
     length_ratio: Optional[float]  # mean generated / expected duration
     per_utterance: list[dict] = field(default_factory=list)
+    # Model only, from each decode's attention: mean share of the text ever attended, mean steps
+    # per sentence that jump back 2+ symbols, share of sentences whose attention reached the end.
+    coverage: Optional[float] = None
+    backward_jumps: Optional[float] = None
+    reached_end: Optional[float] = None
     by_length: list[dict] = field(default_factory=list)  # WER/CER per sentence-length bucket (words)
 
 
@@ -179,7 +186,8 @@ def model_clips(
         for (text, spk, exp), u in zip(batch, utts):
             if u.wav is None:
                 raise ConfigError("the pipeline produced no audio: evaluate.py needs --pre_encoder_dir")
-            clips.append(Clip(text, _to_numpy(u.wav), int(u.sample_rate), exp, bool(u.hit_max_length), spk))
+            align = None if u.attended is None else alignment_report(u.attended, len(u.attended), u.text_tokens)
+            clips.append(Clip(text, _to_numpy(u.wav), int(u.sample_rate), exp, bool(u.hit_max_length), spk, align))
         bar.update(len(batch))
     bar.close()
     return clips, spent
@@ -198,6 +206,11 @@ def score_clips(stage: str, clips: list[Clip], asr: WhisperASR, synthesis_second
     total = float(sum(seconds))
     ratios = [s / c.expected_seconds for s, c in zip(seconds, clips) if c.expected_seconds]
     stops = [c.hit_max_length for c in clips if c.hit_max_length is not None]
+    aligned = [c.alignment for c in clips if c.alignment is not None]
+
+    def mean_of(key: str) -> Optional[float]:
+        return round(float(np.mean([a[key] for a in aligned])), 4) if aligned else None
+
     per_utt = []
     for i, (c, h, u, s) in enumerate(zip(clips, hyps, rates.utterances, seconds)):
         wav_name = None
@@ -207,7 +220,7 @@ def score_clips(stage: str, clips: list[Clip], asr: WhisperASR, synthesis_second
         per_utt.append({"text": c.text, "transcript": h, "wer": round(u.wer, 4), "cer": round(u.cer, 4),
                         "seconds": round(s, 3), "expected_seconds": None if c.expected_seconds is None
                         else round(c.expected_seconds, 3), "hit_max_length": c.hit_max_length,
-                        "speaker": c.speaker, "wav": wav_name})
+                        "speaker": c.speaker, "wav": wav_name, "alignment": c.alignment})
     return StageResult(
         stage=stage,
         utterances=len(clips),
@@ -220,6 +233,9 @@ def score_clips(stage: str, clips: list[Clip], asr: WhisperASR, synthesis_second
         length_ratio=round(float(np.mean(ratios)), 4) if ratios else None,
         per_utterance=per_utt,
         by_length=length_buckets(per_utt, edges),
+        coverage=mean_of("coverage"),
+        backward_jumps=mean_of("backward_jumps"),
+        reached_end=mean_of("end"),
     )
 
 
@@ -281,10 +297,12 @@ def format_table(results: list[StageResult]) -> str:
     def num(x: Optional[float], fmt: str) -> str:
         return "-" if x is None else format(x, fmt)
 
-    lines = ["| stage | n | WER | CER | stop failures | length ratio | RTF |", "|---|---|---|---|---|---|---|"]
+    lines = ["| stage | n | WER | CER | stop failures | length ratio | coverage | back jumps | RTF |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.stage} | {r.utterances} | {pct(r.wer)} | {pct(r.cer)} | {pct(r.stop_failure_rate)} "
-                     f"| {num(r.length_ratio, '.2f')} | {num(r.rtf, '.3f')} |")
+                     f"| {num(r.length_ratio, '.2f')} | {pct(r.coverage)} | {num(r.backward_jumps, '.2f')} "
+                     f"| {num(r.rtf, '.3f')} |")
     return "\n".join(lines)
 
 
@@ -369,7 +387,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "reference_dir": args.reference_dir,
         "sentences": args.sentences,
         "asr": {"model": asr.model_dir, "beam_size": asr.beam_size},
-        "sampling": _gen_kwargs(args),
+        "sampling": {k: (str(v) if k == "tracking" else v) for k, v in _gen_kwargs(args, loaded).items()},
         "notes": notes,
         "stages": {r.stage: asdict(r) for r in results},
         "table": format_table(results),
@@ -401,10 +419,17 @@ def _round_trip(pre, vocoder, mel: torch.Tensor) -> torch.Tensor:
     return vocoder(decoded.transpose(1, 2))[0]
 
 
-def _gen_kwargs(args: argparse.Namespace) -> dict:
-    kw = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "max_length": args.max_length}
+def _gen_kwargs(args: argparse.Namespace, loaded=None) -> dict:
+    kw = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "max_length": args.max_length,
+          "record_alignment": True}  # each step's attended position: coverage and backward jumps
     if args.attention_window is not None:  # else the model's own (generation.attention_window)
         kw["attention_window"] = None if args.attention_window == [-1, -1] else tuple(args.attention_window)
+    if args.tracking == "off":
+        kw["tracking"] = None
+    elif args.tracking == "on" and loaded is not None:  # the config's settings, thresholds from the data
+        t = loaded.model_config.generation.tracking
+        kw["tracking"] = tracking_params(loaded.model.length_stats, t.back, t.forward, t.slope, t.stuck_factor,
+                                         t.end_slack)
     return kw
 
 
@@ -423,7 +448,7 @@ def _run_model(args, loaded, pre, vocoder, texts: list[str], refs: list[Referenc
     else:
         cps = args.chars_per_second
         expected = [len(loaded.tokenizer.normalize_text(t)) / cps for t in texts]
-    return model_clips(synth, texts, args.speakers, expected, args.batch_size, _gen_kwargs(args), args.seed)
+    return model_clips(synth, texts, args.speakers, expected, args.batch_size, _gen_kwargs(args, loaded), args.seed)
 
 
 def _log_wandb(args: argparse.Namespace, results: list[StageResult], samples: dict[str, list[Clip]],
@@ -436,7 +461,7 @@ def _log_wandb(args: argparse.Namespace, results: list[StageResult], samples: di
                     config={"evaluate": vars(args)})
     metrics: dict[str, float] = {}
     for r in results:
-        for key in ("wer", "cer", "rtf", "stop_failure_rate", "length_ratio"):
+        for key in ("wer", "cer", "rtf", "stop_failure_rate", "length_ratio", "coverage", "backward_jumps"):
             value = getattr(r, key)
             if value is not None:
                 metrics[f"eval/{r.stage}/{key}"] = value
@@ -470,6 +495,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--attention_window", type=int, nargs=2, default=None, metavar=("BACK", "FORWARD"),
                    help="monotonic cross-attention window in text positions (default: the model config's "
                         "generation.attention_window; -1 -1 = none)")
+    p.add_argument("--tracking", choices=["model", "on", "off"], default="model",
+                   help="alignment-tracked decoding: the model config's generation.tracking (model), or force it")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--length_buckets", type=int, nargs="+", default=list(DEFAULT_LENGTH_EDGES), metavar="WORDS",
                    help="upper edges of the sentence-length buckets, in words (default: %(default)s)")

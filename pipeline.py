@@ -80,6 +80,8 @@ class Utterance:
     wav: Optional[np.ndarray]
     sample_rate: int
     vocoder: Optional[str]
+    text_tokens: int = 0  # symbols the model read (characters or phonemes)
+    attended: Optional[Tensor] = None  # (steps,) attended text position per step, when recorded
 
 
 class Synthesizer:
@@ -267,7 +269,10 @@ class Synthesizer:
                 text=text, normalized_text=normalized[b], speaker=None if spk is None else int(spk[b]),
                 tokens=tokens[b, :n].clone(), gate=res.gate[b, : n + 1].float().cpu(),
                 hit_max_length=bool(res.hit_max_length[b]), mel=mel, wav=wavs[b],
-                sample_rate=self.sample_rate, vocoder=self.vocoder_name,
+                sample_rate=self.sample_rate, vocoder=self.vocoder_name, text_tokens=int(src_lens[b]),
+                # The steps the row ran: its tokens, and the step that stopped it if it stopped.
+                attended=None if res.attended is None
+                else res.attended[b, : n + (0 if res.hit_max_length[b] else 1)].cpu(),
             ))
         return out
 

@@ -24,7 +24,6 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from model.alignment import window_mask, window_position
 from model.layers import (
     DecoderLayer,
     EncoderLayer,
@@ -39,6 +38,7 @@ from model.layers import (
     self_attention_mask,
     sinusoidal_positions,
 )
+from model.tracking import AlignSpec, AlignState, TrackingParams, mean_attention
 from utils.config import ModelConfig, ModelSection
 
 # --------------------------------------------------------------------------------------------
@@ -85,10 +85,9 @@ class DecodeState:
     cross_mask: Tensor  # (B, 1, 1, S) bool, True = valid text
     cond: Tensor  # (B, 1, Dd) decoder conditioning
     max_len: int
-    # Monotonic attention window (``generation.attention_window``): (back, forward) and each row's
-    # alignment position (B,) long, updated in place every step; None = attend to all the text.
-    window: Optional[tuple[int, int]] = None
-    align_pos: Optional[Tensor] = None
+    # What the decode does with its cross-attention (a monotonic window, alignment tracking, or
+    # recording each step's peak) and the per-row position it keeps; None = nothing.
+    align: Optional[AlignState] = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,6 +243,10 @@ class Echolancer(nn.Module):
         # Default monotonic attention window of :meth:`infer` (``generation.attention_window``), set
         # the same way. None = the decoder attends to all of the text.
         self.attention_window: Optional[tuple[int, int]] = None
+        # Default alignment tracking of :meth:`infer` (``generation.tracking``, with thresholds from
+        # the training data), set like the length bounds. None = off.
+        self.tracking: Optional[TrackingParams] = None
+        self.length_stats: Optional[dict] = None  # the training data's ratios those defaults came from
         self.apply(self._init_weights)
 
     @staticmethod
@@ -360,6 +363,7 @@ class Echolancer(nn.Module):
         cross_bias: Optional[Tensor] = None,
         cross_weights: Optional[list[Tensor]] = None,
         cross_allowed: Optional[Tensor] = None,
+        weights_with_bias: bool = False,
     ) -> Tensor:
         """Decoder over a whole (framed) sequence, no cache.
 
@@ -374,6 +378,9 @@ class Echolancer(nn.Module):
             cross_allowed: (B, T, S) bool, the text each step may attend to (an inference-time
                 attention window, see ``model/alignment.py``), or None; a hard mask, so the
                 ``cross_weights`` obey it too.
+            weights_with_bias: the ``cross_weights`` include ``cross_bias`` (the attention the
+                decoder actually used, as alignment-tracked decoding reads it) rather than the
+                model's own (as the training losses read it).
         Returns:
             (B, T, Dd) final hidden states.
         """
@@ -399,7 +406,7 @@ class Echolancer(nn.Module):
             cross_mask = cross_bias[:, None].to(compute_dtype(x)).masked_fill(~own_mask, float("-inf"))
         for layer in self.dec_layers:
             x = layer(x, self_mask, is_causal, cross_mask, tgt_pad, memory=enc.memory,
-                      cross_weights=cross_weights, weights_mask=own_mask)
+                      cross_weights=cross_weights, weights_mask=None if weights_with_bias else own_mask)
         return self.dec_norm(x)
 
     def project(self, h: Tensor) -> tuple[Tensor, Optional[Tensor]]:
@@ -442,10 +449,10 @@ class Echolancer(nn.Module):
     # ---- incremental decoding (used by model/generation.py) ----------------------------------
 
     def init_decode_state(self, enc: EncoderState, max_len: int, dtype: Optional[torch.dtype] = None,
-                          window: Optional[tuple[int, int]] = None) -> DecodeState:
+                          align: Optional[AlignSpec] = None) -> DecodeState:
         """Allocate KV caches for ``max_len`` decoder positions and compute cross K/V once.
 
-        ``window``: (back, forward) of the monotonic attention window, or None.
+        ``align``: what to do with each step's cross-attention (``model/tracking.py``), or None.
         """
         B = enc.memory.shape[0]
         dev = enc.memory.device
@@ -455,8 +462,10 @@ class Echolancer(nn.Module):
             a = layer.self_attn
             caches.append(KVCache(B, a.n_kv_heads, max_len, a.head_dim, dtype, dev))
         cross_kv, cross_mask, cond = self.decode_memory(enc)
-        align_pos = torch.zeros(B, dtype=torch.long, device=dev) if window is not None else None
-        return DecodeState(caches, cross_kv, cross_mask, cond, max_len, window, align_pos)
+        state = None
+        if align is not None and align.active:
+            state = AlignState(align, B, dev).load((~enc.src_pad).sum(dim=1))
+        return DecodeState(caches, cross_kv, cross_mask, cond, max_len, state)
 
     def decode_memory(self, enc: EncoderState) -> tuple[list[tuple[Tensor, Tensor]], Tensor, Tensor]:
         """What one-step decoding reads from the encoder: per-layer cross K/V (B, KVH, S, hd) each,
@@ -483,26 +492,27 @@ class Echolancer(nn.Module):
         else:
             mask = (~future)[None, None]  # (1, 1, 1, Tmax) bool
         cross_mask, weights = state.cross_mask, None
-        if state.window is not None:  # the text around where the attention has got to
-            cross_mask = cross_mask & window_mask(state.align_pos, cross_mask.shape[-1], state.window)[:, None, None]
+        if state.align is not None:  # steered around where the attention has got to
+            cross_mask = state.align.step_mask(cross_mask, compute_dtype(x))
             weights = []
         for layer, cache, kv in zip(self.dec_layers, state.caches, state.cross_kv):
             x = layer(x, mask, False, cross_mask, None, memory_kv=kv, cache=cache, input_pos=input_pos,
                       cross_weights=weights)
-        if weights is not None:  # in place: a captured graph keeps reading the same buffer
-            state.align_pos.copy_(window_position(state.align_pos, [w[:, :, -1] for w in weights]))
+        if weights is not None:  # in place: a captured graph keeps reading the same buffers
+            state.align.update(mean_attention(weights))
         logits, stop = self.project(self.dec_norm(x)[:, -1])
         return logits, stop
 
     def infer(self, speakers, texts, src_lens, em_hidden=None, **kwargs):
         """Generate codec tokens; see :func:`model.generation.generate` for the arguments.
 
-        Unless given, ``min/max_tokens_per_text_token`` default to :attr:`length_bounds` and
-        ``attention_window`` to :attr:`attention_window`.
+        Unless given, ``min/max_tokens_per_text_token`` default to :attr:`length_bounds`,
+        ``attention_window`` to :attr:`attention_window` and ``tracking`` to :attr:`tracking`.
         """
         from model.generation import generate
 
         kwargs.setdefault("min_tokens_per_text_token", self.length_bounds[0])
         kwargs.setdefault("max_tokens_per_text_token", self.length_bounds[1])
         kwargs.setdefault("attention_window", self.attention_window)
+        kwargs.setdefault("tracking", self.tracking)
         return generate(self, speakers, texts, src_lens, em_hidden=em_hidden, **kwargs)

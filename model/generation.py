@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import Tensor
 
-from model.alignment import window_mask, window_position
+from model.tracking import AlignSpec, AlignState, TrackingParams, mean_attention, steer, tracking_params
 
 if TYPE_CHECKING:  # imported for annotations only: model.echolancer imports this module lazily
     from model.echolancer import DecodeState, Echolancer
@@ -50,6 +50,9 @@ class GenerationResult:
         global ``max_length``, or its own bound from ``max_tokens_per_text_token``.
     steps: decoder steps actually run (≥ T; the loop checks for "all rows done" every few steps,
         and on CUDA reads each check's answer one check later, so it never waits for the device).
+    attended: (B, T) long, the text position each step's cross-attention peaked at (averaged over
+        layers and heads), when the decode watched its attention (a window, tracking, or
+        ``record_alignment``); else None. See :func:`model.tracking.alignment_report`.
     """
 
     tokens: Tensor
@@ -57,6 +60,7 @@ class GenerationResult:
     gate: Tensor
     hit_max_length: Tensor
     steps: int
+    attended: Optional[Tensor] = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,11 +200,12 @@ class StaticDecodeState:
     Args:
         model: the Echolancer.  enc: a first encoder state (gives the dtypes).  batch_size: B.
         max_len: KV cache length.  text_len: padded text length (≥ every text loaded).
-        dtype: the KV caches' dtype.  window: the attention window (its position lives here too).
+        dtype: the KV caches' dtype.  align: what the decode does with its attention (its
+            per-row position lives here too).
     """
 
     def __init__(self, model: Echolancer, enc, batch_size: int, max_len: int, text_len: int,
-                 dtype: torch.dtype, window: Optional[tuple[int, int]] = None) -> None:
+                 dtype: torch.dtype, align: Optional[AlignSpec] = None) -> None:
         from model.echolancer import DecodeState
         from model.layers import KVCache
 
@@ -215,8 +220,8 @@ class StaticDecodeState:
             buffers.append((torch.zeros(shape, dtype=k.dtype, device=device),
                             torch.zeros(shape, dtype=v.dtype, device=device)))
         mask = torch.zeros(batch_size, 1, 1, text_len, dtype=torch.bool, device=device)
-        align_pos = torch.zeros(batch_size, dtype=torch.long, device=device) if window is not None else None
-        self.state = DecodeState(caches, buffers, mask, torch.zeros_like(cond), max_len, window, align_pos)
+        state = AlignState(align, batch_size, device) if align is not None and align.active else None
+        self.state = DecodeState(caches, buffers, mask, torch.zeros_like(cond), max_len, state)
 
     def load(self, model: Echolancer, enc) -> DecodeState:
         """Copy a new utterance batch into the buffers (no new allocation) and return the state."""
@@ -236,8 +241,8 @@ class StaticDecodeState:
         st.cross_mask[..., :S].copy_(cross_mask)
         st.cross_mask[..., S:] = False
         st.cond.copy_(cond)
-        if st.align_pos is not None:
-            st.align_pos.zero_()
+        if st.align is not None:
+            st.align.load((~enc.src_pad).sum(dim=1))
         return st
 
 
@@ -255,11 +260,11 @@ def _weights_fingerprint(model: Echolancer) -> tuple:
 
 
 def static_decoder(model: Echolancer, enc, batch_size: int, max_length: int, dtype: torch.dtype,
-                   graph: bool, window: Optional[tuple[int, int]] = None) -> tuple[DecodeState, StepFn]:
+                   graph: bool, align: Optional[AlignSpec] = None) -> tuple[DecodeState, StepFn]:
     """A decode state loaded with ``enc`` and its step function, reused across calls.
 
     Keyed by (batch size, max length, cache dtype, device, text-length bucket, autocast, graph,
-    attention window): the first call with a key allocates a :class:`StaticDecodeState` (and, with
+    what the decode does with its attention): the first call with a key allocates a :class:`StaticDecodeState` (and, with
     ``graph``, captures a :class:`CudaGraphStep` on it); later calls copy their inputs into the same
     buffers and replay.
     Entries are dropped when the model's weights move (see :func:`_weights_fingerprint`).
@@ -268,7 +273,7 @@ def static_decoder(model: Echolancer, enc, batch_size: int, max_length: int, dty
     bucket = -(-enc.memory.shape[1] // TEXT_BUCKET) * TEXT_BUCKET
     autocast = torch.is_autocast_enabled(device.type)
     key = (batch_size, max_length, dtype, str(device), bucket,
-           torch.get_autocast_dtype(device.type) if autocast else None, graph, window)
+           torch.get_autocast_dtype(device.type) if autocast else None, graph, align)
     fingerprint = _weights_fingerprint(model)
     entry = _DECODERS.get(model)
     if entry is None or entry[0] != fingerprint:
@@ -279,7 +284,7 @@ def static_decoder(model: Echolancer, enc, batch_size: int, max_length: int, dty
         decoders.move_to_end(key)
         static, step = decoders[key]
         return static.load(model, enc), step or model.decode_step
-    static = StaticDecodeState(model, enc, batch_size, max_length, bucket, dtype, window)
+    static = StaticDecodeState(model, enc, batch_size, max_length, bucket, dtype, align)
     state = static.load(model, enc)
     # No bound method stored: the entry must not keep its (weakly referenced) model alive.
     step = CudaGraphStep(model, state, batch_size) if graph else None
@@ -380,6 +385,20 @@ def length_bounds(
     return min_ratio, max_ratio
 
 
+def configure_generation(model: Echolancer, gen, stats: Optional[dict]) -> None:
+    """Set the defaults :meth:`Echolancer.infer` generates with from the model config's
+    ``generation`` section (``utils.config.model.GenerationConfig``) and the training data's
+    ``stats``: length bounds, attention window, alignment tracking. Training (for its test
+    interval) and loading a checkpoint both call this, so both generate the same way."""
+    model.length_stats = stats
+    model.length_bounds = length_bounds(gen.min_tokens_per_text_token, gen.max_tokens_per_text_token,
+                                        gen.length_margin, stats)
+    model.attention_window = tuple(gen.attention_window) if gen.attention_window is not None else None
+    t = gen.tracking
+    model.tracking = (tracking_params(stats, t.back, t.forward, t.slope, t.stuck_factor, t.end_slack)
+                      if t.enabled else None)
+
+
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
@@ -446,6 +465,8 @@ def generate(
     min_tokens_per_text_token: Optional[float] = None,
     max_tokens_per_text_token: Optional[float] = None,
     attention_window: Optional[Sequence[int]] = None,
+    tracking: Optional[TrackingParams] = None,
+    record_alignment: bool = False,
 ) -> GenerationResult:
     """Generate codec tokens for a batch of texts.
 
@@ -477,6 +498,11 @@ def generate(
         attention_window: (back, forward): each step's cross-attention sees only the text from
             ``back`` positions before to ``forward`` after the furthest position the attention
             has peaked at so far (a monotonic window; see ``model/alignment.py``). None = all text.
+        tracking: alignment-tracked decoding (``model/tracking.py``): a prior around the position
+            the attention has reached, pushed on where it sticks, and no EOS before the end of
+            the text. None = off. Not together with ``attention_window``.
+        record_alignment: return each step's attended position (``GenerationResult.attended``)
+            even when neither a window nor tracking is on.
     Returns:
         a :class:`GenerationResult`.
     """
@@ -491,6 +517,9 @@ def generate(
             f"generate: max_tokens_per_text_token={hi!r} is not allowed; it must be > 0, > the minimum ({lo}), or None"
         )
     window = _check_window(attention_window)
+    if tracking is not None:
+        tracking.check()
+    align = AlignSpec(window, tracking, bool(record_alignment))
     # Per-row bounds, as device tensors so the loop keeps static shapes and never syncs on them.
     row_min = torch.full_like(src_lens, min_length, dtype=torch.long)
     row_max = torch.full_like(src_lens, max_length, dtype=torch.long)
@@ -507,13 +536,14 @@ def generate(
             res = _generate(
                 model, speakers, texts, src_lens, em_hidden, max_length, temperature, top_k, top_p,
                 repetition_penalty, gate_threshold, use_cache, generator, vq_tokens, vq_token_lens,
-                compile, row_min, row_max, max(1, sync_every), window,
+                compile, row_min, row_max, max(1, sync_every), align,
             )
     finally:
         model.train(was_training)
     # Cloned outside inference mode: plain tensors that callers may modify in place.
     return GenerationResult(res.tokens.clone(), res.lengths.clone(), res.gate.clone(),
-                            res.hit_max_length.clone(), res.steps)
+                            res.hit_max_length.clone(), res.steps,
+                            None if res.attended is None else res.attended.clone())
 
 
 def _generate(
@@ -521,7 +551,7 @@ def _generate(
     max_length: int, temperature: float, top_k: int, top_p: float, repetition_penalty: float,
     gate_threshold: float, use_cache: bool, generator: Optional[torch.Generator], vq_tokens: Optional[Tensor],
     vq_token_lens: Optional[Tensor], compile: bool, row_min: Tensor, row_max: Tensor, sync_every: int,
-    window: Optional[tuple[int, int]],
+    align: AlignSpec,
 ) -> GenerationResult:
     device = texts.device
     B = texts.shape[0]
@@ -531,18 +561,21 @@ def _generate(
     if use_cache:
         if _uses_static_decoder(device, compile):
             state, step_fn = static_decoder(model, enc, B, max_length, _cache_dtype(model, device),
-                                            graph=device.type == "cuda", window=window)
+                                            graph=device.type == "cuda", align=align)
         else:
-            state = model.init_decode_state(enc, max_length, _cache_dtype(model, device), window)
+            state = model.init_decode_state(enc, max_length, _cache_dtype(model, device), align)
             step_fn = _step_function(model, state, B, compile)
         positions = torch.arange(max_length, device=device)
+        tracker = state.align
     else:
         # Decoder inputs so far: BOS, then each row's tokens (PAD once a row has stopped).
         inputs = torch.full((B, max_length), pad, dtype=torch.long, device=device)
         inputs[:, 0] = bos
-        if window is not None:  # each step's alignment position, for the windows of the whole prefix
-            S = texts.shape[1]
+        tracker = AlignState(align, B, device).load(src_lens) if align.active else None
+        if tracker is not None:  # each step's position, to steer the whole prefix as the cache did
+            valid = (~enc.src_pad)[:, None, :]  # (B, 1, S)
             pos_hist = torch.zeros(B, max_length, dtype=torch.long, device=device)
+        dtype = _cache_dtype(model, device)
 
     out_tokens = torch.full((B, max_length), pad, dtype=torch.long, device=device)
     out_gate = torch.zeros(B, max_length, dtype=torch.float32, device=device)
@@ -558,6 +591,7 @@ def _generate(
     is_eos[eos] = True
     prev = torch.full((B, 1), bos, dtype=torch.long, device=device)
     all_done = _DonePoll(device, deferred=_defer_done_poll(device))
+    attended = torch.zeros(B, max_length, dtype=torch.long, device=device) if tracker is not None else None
 
     steps = 0
     for t in range(max_length):
@@ -565,18 +599,28 @@ def _generate(
             logits, stop_logits = step_fn(prev, positions[t : t + 1], state)
         else:
             inputs[:, t] = prev[:, 0]
-            if window is None:
+            if tracker is None:
                 logits, stop_logits = model.project(model.decode(inputs[:, : t + 1], enc)[:, -1])
             else:
+                # The whole prefix, each step steered by the position it had (as the cache saw it).
+                pos_hist[:, t] = tracker.pos
+                mask = steer(pos_hist[:, : t + 1], valid, align, dtype)
                 weights: list[Tensor] = []
-                h = model.decode(inputs[:, : t + 1], enc, cross_weights=weights,
-                                 cross_allowed=window_mask(pos_hist[:, : t + 1], S, window))
+                if mask.dtype == torch.bool:
+                    h = model.decode(inputs[:, : t + 1], enc, cross_weights=weights, cross_allowed=mask)
+                else:
+                    h = model.decode(inputs[:, : t + 1], enc, cross_bias=mask, cross_weights=weights,
+                                     weights_with_bias=True)
                 logits, stop_logits = model.project(h[:, -1])
-                if t + 1 < max_length:
-                    pos_hist[:, t + 1] = window_position(pos_hist[:, t], [w[:, :, -1] for w in weights])
+                tracker.update(mean_attention(weights))
         steps = t + 1
         logits = logits.float()
         early = t < row_min  # (B,)
+        if tracker is not None:
+            attended[:, t] = tracker.peak
+            reached = tracker.may_stop()
+            if reached is not None:  # no EOS before the attention has reached the end of the text
+                early = early | ~reached
 
         allowed = logits.masked_fill(never, float("-inf"))
         # The stop probability reported for this step (the model's own, before any sampling knobs).
@@ -614,4 +658,5 @@ def _generate(
     # Keep the columns up to the last step any row ran (its stopping step included).
     last = torch.where(cut, lengths, lengths + 1).max().clamp(max=steps)
     T = int(last)
-    return GenerationResult(out_tokens[:, :T], lengths, out_gate[:, :T], cut, steps)
+    return GenerationResult(out_tokens[:, :T], lengths, out_gate[:, :T], cut, steps,
+                            None if attended is None else attended[:, :T])

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from model.echolancer import Echolancer
-from model.generation import length_bounds
+from model.generation import configure_generation
 from utils.char_tokenizer import CharTokenizer
 from utils.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from utils.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict, load_config
@@ -244,10 +244,6 @@ def load_echolancer(
     _check_weights(model, sd, path, cfg_source)
     model.load_state_dict(sd, strict=True)
     model.to(device).eval()
-    gen = cfg.generation
-    stats = state.get("length_stats") if raw_sd is not state else None
-    model.length_bounds = length_bounds(gen.min_tokens_per_text_token, gen.max_tokens_per_text_token,
-                                        gen.length_margin, stats)
-    model.attention_window = tuple(gen.attention_window) if gen.attention_window is not None else None
+    configure_generation(model, cfg.generation, state.get("length_stats") if raw_sd is not state else None)
     step = int(state["step"]) if raw_sd is not state and state.get("step") is not None else None
     return LoadedModel(model, tokenizer, cfg, train_cfg, step, path)

@@ -41,7 +41,7 @@ from model.alignment import (
     prior_weight,
 )
 from model.echolancer import Echolancer
-from model.generation import length_bounds, length_ratio_stats
+from model.generation import configure_generation, length_ratio_stats
 from model.loss import EcholancerLoss
 from model.pretrained import export_echolancer
 from pipeline import PipelineError
@@ -137,10 +137,7 @@ class Trainer:
         # Audio-per-text ratios of the training data: saved with checkpoints and exports, they bound
         # generation (model config ``generation``) in the test interval and at inference.
         self.length_stats = length_ratio_stats(self.train_set.text_lens, self.train_set.audio_lens)
-        gen = model_cfg.generation
-        self.model.length_bounds = length_bounds(gen.min_tokens_per_text_token, gen.max_tokens_per_text_token,
-                                                 gen.length_margin, self.length_stats)
-        self.model.attention_window = tuple(gen.attention_window) if gen.attention_window is not None else None
+        configure_generation(self.model, model_cfg.generation, self.length_stats)
         self.collate = Collate(self.model.pad_id, pad_multiple=tc.pad_multiple)
         self.sampler = BucketBatchSampler(
             self.train_set.lengths(), tc.batch_size, tc.max_tokens, shuffle=True, seed=tc.seed,

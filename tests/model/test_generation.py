@@ -512,23 +512,23 @@ def test_attention_window_gives_the_same_tokens_cached_and_uncached(backend):
 
 
 def test_attention_window_hides_the_text_outside_it_and_only_moves_forward(monkeypatch):
-    import model.echolancer as echolancer
+    import model.tracking as tracking
 
     model = make_model()
     spk, texts, lens = make_batch()
     seen_masks, positions = [], []
-    real = echolancer.window_position
+    real = tracking.window_position
 
     def record(pos, weights):
         new = real(pos, weights)
         # The weights of the step: zero outside the window around the position it started from.
         for w in weights:
-            outside = ~echolancer.window_mask(pos, w.shape[-1], (1, 2))[:, None]
+            outside = ~tracking.window_mask(pos, w.shape[-1], (1, 2))[:, None]
             seen_masks.append(bool((w.masked_fill(~outside, 0) == 0).all()))
         positions.append(new.clone())
         return new
 
-    monkeypatch.setattr(echolancer, "window_position", record)
+    monkeypatch.setattr(tracking, "window_position", record)
     generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0, attention_window=(1, 2))
     assert seen_masks and all(seen_masks)
     pos = torch.stack(positions)  # (steps, B)

@@ -168,6 +168,27 @@ class DatasetConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Alignment-tracked decoding (``model/tracking.py``): follow the text position the attention
+    has reached, bias each step's attention around it, push it on where it sticks, and allow EOS
+    only once it is at the end of the text. Its jump and stuck thresholds come from the training
+    data's audio tokens per text token (saved in the checkpoint)."""
+
+    enabled: bool = False
+    back: int = 1  # text positions behind the tracked one with no penalty
+    forward: int = 3  # ... and ahead of it
+    slope: float = 2.0  # nats of penalty per position beyond that band
+    stuck_factor: float = 3.0  # stuck after this many times the most tokens per symbol in the data
+    end_slack: int = 1  # EOS allowed once the tracked position is this close to the last symbol
+
+    def check(self) -> None:
+        _require(self.back >= 0 and self.forward >= 0 and self.end_slack >= 0,
+                 f"tracking.back, forward and end_slack must be >= 0; got {self.back}, {self.forward}, {self.end_slack}")
+        _require(self.slope >= 0, f"tracking.slope must be >= 0, got {self.slope}")
+        _require(self.stuck_factor > 0, f"tracking.stuck_factor must be > 0, got {self.stuck_factor}")
+
+
+@dataclass
 class GenerationConfig:
     """Length bounds of generation, in audio tokens per text token, and the attention window.
 
@@ -175,16 +196,20 @@ class GenerationConfig:
     checkpoint (the smallest and largest ratio seen, widened by ``length_margin``).
     ``attention_window: [back, forward]`` holds each decoding step's cross-attention to the text
     from ``back`` positions before to ``forward`` after the furthest position it has reached
-    (``model/alignment.py``); null lets it see all of the text.
+    (``model/alignment.py``); null lets it see all of the text. ``tracking`` is the soft
+    alternative (a prior, not a mask; see :class:`TrackingConfig`).
     """
 
     min_tokens_per_text_token: Optional[float] = None
     max_tokens_per_text_token: Optional[float] = None
     length_margin: float = 1.5  # data-derived bounds: min / margin and max x margin
     attention_window: Optional[list[int]] = None
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def check(self) -> None:
         w = self.attention_window
+        _require(not (w is not None and self.tracking.enabled),
+                 "attention_window and tracking.enabled both steer the attention; choose one")
         _require(w is None or (len(w) == 2 and all(isinstance(v, int) and v >= 0 for v in w)),
                  f"attention_window must be null or [back, forward], two integers >= 0; got {w}")
         _require(self.length_margin >= 1.0, f"length_margin must be >= 1, got {self.length_margin}")
