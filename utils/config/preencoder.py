@@ -4,9 +4,9 @@
     from utils.config.preencoder import PreEncoderConfig
     cfg = load_config("config/preencoder.yaml", ["training.batch_size=8"], schema=PreEncoderConfig)
 
-The exported ``model_config.yaml`` is this config written out in full (``model``, ``audio``, ``training``;
-merged with its ``base:``, if any), so the
-keys the original exports carry (``model.mel_channels``, ``model.generator.fsq_levels``) sit where
+The exported ``model_config.yaml`` is this config written out in full (``model``, ``audio``,
+``training``; merged with its ``base:``, if any), so the keys the original exports carry
+(``model.mel_channels``, ``model.generator.fsq_levels``) sit where
 :class:`scripted_preencoder.ScriptedPreEncoder` looks for them.
 """
 
