@@ -21,7 +21,7 @@ from typing import Optional
 from training.engine import EXIT_FAILURE, EXIT_OK, add_common_args, resolve_resume, run_cli, set_threads, setup_logging
 from training.preencoder import export_preencoder, model_from_checkpoint, train
 from utils.config import ConfigError, load_config
-from utils.preencoder_config import PreEncoderConfig
+from utils.config.preencoder import PreEncoderConfig
 
 __all__ = ["export_preencoder", "main", "model_from_checkpoint", "train"]  # importable as before
 log = logging.getLogger("echolancer.train")
@@ -29,7 +29,7 @@ log = logging.getLogger("echolancer.train")
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train the FSQ mel pre-encoder and export it.")
-    p.add_argument("--config", default="config/preencoder.yaml", help="pre-encoder YAML (utils/preencoder_config.py)")
+    p.add_argument("--config", default="config/preencoder.yaml", help="pre-encoder YAML (utils/config/preencoder.py)")
     p.add_argument("--data_dir", help="folder of audio files (searched recursively); required to train")
     p.add_argument("--output_dir", required=True, help="ckpt/, export/, wandb/, train.log and the mel cache go here")
     add_common_args(p, export_help="only export CKPT (file or ckpt directory), or bare: OUTPUT_DIR/ckpt/best.pt "

@@ -24,7 +24,7 @@ from training.engine import EXIT_FAILURE, EXIT_OK, add_common_args, resolve_resu
 from training.vocoder import SegmentDataset, VocoderTrainer, split_files, train
 from utils.checkpoint import load_checkpoint
 from utils.config import ConfigError, config_from_dict, load_config
-from utils.vocoder_config import VocoderConfig
+from utils.config.vocoder import VocoderConfig
 
 __all__ = ["SegmentDataset", "VocoderTrainer", "main", "split_files", "train"]  # importable as before
 log = logging.getLogger("echolancer.train")

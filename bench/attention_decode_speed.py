@@ -1,4 +1,4 @@
-"""Training attention backends (SDPA vs FlexAttention) and repeated CUDA-graph decoding (issue 12).
+"""Training attention backends (SDPA vs FlexAttention) and repeated CUDA-graph decoding.
 
     python bench/attention_decode_speed.py --device cuda              # ~60 M config, bf16: the figures
     python bench/attention_decode_speed.py --device cpu --tiny        # smoke run of the script itself

@@ -399,7 +399,7 @@ def check_train_syncs(device: torch.device, work: str, rep: Report) -> None:
 def check_vocoder(device: torch.device, precision: str, tiny: bool, steps: int, warmup: int, rep: Report) -> None:
     from training.vocoder import VocoderTrainer
     from utils.config import ConfigError
-    from utils.vocoder_config import VocoderConfig
+    from utils.config.vocoder import VocoderConfig
 
     name = f"vocoder_{precision}"
     sets = [f"training.precision={precision}"]

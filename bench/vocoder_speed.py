@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from train_vocoder import VocoderTrainer  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.vocoder_config import VocoderConfig  # noqa: E402
+from utils.config.vocoder import VocoderConfig  # noqa: E402
 
 
 def main() -> None:

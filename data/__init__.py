@@ -2,7 +2,6 @@
 
 from data.dataset import Collate, DataError, EcholancerDataset, load_sample_file, parse_sample
 from data.dummy import create_dummy_data_files
-from data.loader import get_data_loader
 from data.sampler import BucketBatchSampler, padding_fraction
 
 __all__ = [
@@ -11,7 +10,6 @@ __all__ = [
     "DataError",
     "EcholancerDataset",
     "create_dummy_data_files",
-    "get_data_loader",
     "load_sample_file",
     "padding_fraction",
     "parse_sample",

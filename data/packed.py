@@ -19,7 +19,7 @@ config; start-up time barely grows with the corpus. An utterance is then two sli
 
 ``EcholancerDataset(data_dir, cfg)`` opens a packed directory as a :class:`PackedDataset`: the same
 item dicts, ``lengths()``, length filter, ``vq_token_mode`` references and warnings as the ``.pt``
-format, so the trainer, :func:`data.get_data_loader` and the sampler need no change.
+format, so the trainer, its collate and the sampler need no change.
 
 Command line::
 

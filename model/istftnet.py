@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
 from utils.config import AudioConfig
-from utils.vocoder_config import DiscriminatorConfig, GeneratorConfig
+from utils.config.vocoder import DiscriminatorConfig, GeneratorConfig
 
 LRELU_SLOPE = 0.1
 
@@ -170,8 +170,6 @@ class ISTFT(nn.Module):
             spec, self.n_fft, self.hop_length, self.win_length,
             window=self.window.to(spec.device), center=True,
         )
-
-    inverse = forward  # the seed's name (TorchSTFT.inverse)
 
 
 def generator_from_config(cfg: GeneratorConfig, audio: AudioConfig) -> ISTFTNetGenerator:

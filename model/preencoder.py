@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from utils.preencoder_config import PreEncoderGeneratorConfig
+from utils.config.preencoder import PreEncoderGeneratorConfig
 
 LOG_FLOOR = math.log(1.0e-5)  # utils.audio's silence level; decode writes it at padded frames
 

@@ -11,8 +11,8 @@ import yaml
 
 import demo
 from utils.config import ConfigError, load_config, load_configs
-from utils.preencoder_config import PreEncoderConfig
-from utils.vocoder_config import VocoderConfig
+from utils.config.preencoder import PreEncoderConfig
+from utils.config.vocoder import VocoderConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,8 +10,8 @@ import pytest
 
 import demo
 from utils.config import load_config, load_configs
-from utils.preencoder_config import PreEncoderConfig
-from utils.vocoder_config import VocoderConfig
+from utils.config.preencoder import PreEncoderConfig
+from utils.config.vocoder import VocoderConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -149,8 +149,8 @@ def test_front_ends_give_a_16_bit_wav_of_tokens_times_hop_samples(tmp_path):
     from model.istftnet import ISTFT, ISTFTNetGenerator
     from model.preencoder import PreEncoder
     from utils.config import AudioConfig
-    from utils.preencoder_config import PreEncoderConfig
-    from utils.vocoder_config import GeneratorConfig
+    from utils.config.preencoder import PreEncoderConfig
+    from utils.config.vocoder import GeneratorConfig
 
     torch.manual_seed(0)
     pe_cfg = load_config("config/preencoder_tiny.yaml", schema=PreEncoderConfig)

@@ -12,7 +12,7 @@ import torch
 from istftnetfe import ISTFTNetDirError, ISTFTNetFE, check_vocoder_audio
 from model.istftnet import ISTFT, ISTFTNetGenerator
 from utils.config import AudioConfig
-from utils.vocoder_config import GeneratorConfig
+from utils.config.vocoder import GeneratorConfig
 
 ORIGINAL_KEYS = ("gen_istft_n_fft", "gen_istft_hop_size", "sampling_rate")
 

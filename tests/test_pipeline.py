@@ -18,8 +18,8 @@ from scripted_preencoder import ScriptedPreEncoder
 from utils.audio import save_wav
 from utils.char_tokenizer import CharTokenizer
 from utils.config import AudioConfig, ModelConfig, config_from_dict, load_config
-from utils.preencoder_config import PreEncoderConfig
-from utils.vocoder_config import GeneratorConfig
+from utils.config.preencoder import PreEncoderConfig
+from utils.config.vocoder import GeneratorConfig
 
 TEXTS = ["Hello there, how are you?", "I am so angry about this!"]
 GEN = {"max_length": 12, "min_length": 3, "temperature": 0.0}

@@ -11,7 +11,7 @@ from model.preencoder import PreEncoder
 from scripted_preencoder import PreEncoderDirError, ScriptedPreEncoder
 from train_preencoder import export_preencoder
 from utils.config import config_from_dict
-from utils.preencoder_config import PreEncoderConfig
+from utils.config.preencoder import PreEncoderConfig
 
 TINY = {"model": {"generator": {"hidden": 16, "encoder_blocks": 1, "decoder_blocks": 1, "kernel_size": 3}}}
 

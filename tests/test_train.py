@@ -203,7 +203,7 @@ def test_test_interval_writes_wavs_logs_audio_and_leaves_training_unchanged(data
     import train_preencoder as tp
     from model.preencoder import PreEncoder
     from utils.config import config_from_dict
-    from utils.preencoder_config import PreEncoderConfig
+    from utils.config.preencoder import PreEncoderConfig
 
     pe_cfg = config_from_dict(PreEncoderConfig, {"model": {"generator": {"hidden": 16, "encoder_blocks": 0,
                                                                           "decoder_blocks": 0}}})

@@ -46,8 +46,8 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.config import config_from_dict, config_to_dict
+from utils.config.preencoder import PreEncoderConfig
 from utils.logger import Logger
-from utils.preencoder_config import PreEncoderConfig
 from utils.scheduler import build_scheduler
 
 log = logging.getLogger("echolancer.train")

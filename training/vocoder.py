@@ -73,8 +73,8 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.config import config_from_dict, config_to_dict
+from utils.config.vocoder import VocoderConfig
 from utils.logger import Logger
-from utils.vocoder_config import VocoderConfig
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 # Sections that define the weights: a resumed run must not change them.

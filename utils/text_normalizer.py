@@ -30,7 +30,7 @@ Readings chosen where English is ambiguous (each is covered by ``tests/utils/nor
 What cannot be verbalised (``*``, ``/`` between words, ``^`` ...) is kept as its characters; the
 tokenizer then maps them to ``<unk>`` and counts them, so nothing is dropped silently.
 
-Why not a WFST normaliser (measured for issue 13 on a 2-core CPU): ``nemo-text-processing`` 1.2.0
+Why not a WFST normaliser (measured on a 2-core CPU): ``nemo-text-processing`` 1.2.0
 installs from pip alone (pynini ships wheels) but brings about 1.1 GB of dependencies (pandas,
 transformers, ...); it compiles its English grammars once in 26.5 s (9 MB cache), then starts in
 about 1.5 s and normalises about 30 plain sentences/s (85/s on short ones), against about 4,000/s

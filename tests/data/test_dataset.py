@@ -127,13 +127,18 @@ def test_dummy_files_are_valid_for_the_configured_sizes(tmp_path, cfg):
     assert len(ds) == len(paths) == 6 and set(ds.speakers) <= set(range(cfg.model.n_speaker))
 
 
-def test_get_data_loader_yields_padded_bucketed_batches(tmp_path):
-    from data import get_data_loader
+def test_the_trainers_loader_pieces_yield_padded_bucketed_batches(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from data import BucketBatchSampler, Collate
     from utils.config import load_config
 
     cfg = load_config("config/model_tiny.yaml")
     create_dummy_data_files(str(tmp_path), cfg, n_files=10, seed=0)
-    loader = get_data_loader(str(tmp_path), cfg, batch_size=4, seed=0)
+    ds = EcholancerDataset(str(tmp_path), cfg)
+    # Built as the Echolancer trainer builds its loaders.
+    loader = DataLoader(ds, batch_sampler=BucketBatchSampler(ds.lengths(), 4, None, shuffle=True, seed=0),
+                        collate_fn=Collate(cfg.model.pad_id, pad_multiple=16))
     seen = 0
     for batch in loader:
         B, T = batch["mels"].shape

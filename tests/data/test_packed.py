@@ -7,12 +7,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 import data.dataset as dataset_mod
-from data import get_data_loader
 from data.dataset import INDEX_CACHE, Collate, DataError, EcholancerDataset
 from data.dummy import create_dummy_data_files
 from data.packed import HEADER, PackedDataset, PackedWriter, convert, main, read_header, verify
+from data.sampler import BucketBatchSampler
 from utils.config import load_config
 
 
@@ -46,8 +47,14 @@ def test_packed_items_lengths_and_loader_batches_equal_the_pt_format(corpus, cfg
     assert len(packed) == len(pt) == 20 and packed.lengths() == pt.lengths()
     for i in range(len(pt)):
         _same_item(pt[i], packed[i])
-    for a, b in zip(get_data_loader(src, cfg, batch_size=6, seed=3), get_data_loader(dst, cfg, batch_size=6, seed=3)):
+    for a, b in zip(_loader(pt, cfg), _loader(packed, cfg)):
         _same_item(a, b)
+
+
+def _loader(ds, cfg, batch_size=6, seed=3):
+    """Bucketed, padded batches, built as the Echolancer trainer builds its loaders."""
+    sampler = BucketBatchSampler(ds.lengths(), batch_size, None, shuffle=True, seed=seed)
+    return DataLoader(ds, batch_sampler=sampler, collate_fn=Collate(cfg.model.pad_id))
 
 
 def test_packed_vq_references_follow_the_same_rule_as_pt(tmp_path):

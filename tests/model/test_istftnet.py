@@ -11,7 +11,7 @@ from model.istftnet import (
     feature_matching_loss,
     generator_adversarial_loss,
 )
-from utils.vocoder_config import DiscriminatorConfig, GeneratorConfig
+from utils.config.vocoder import DiscriminatorConfig, GeneratorConfig
 
 
 def tiny_generator(seed: int = 0) -> ISTFTNetGenerator:

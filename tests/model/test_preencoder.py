@@ -8,7 +8,7 @@ import torch
 
 from model.preencoder import FSQ, LOG_FLOOR, PreEncoder, lengths_to_mask, reconstruction_loss
 from utils.config import ConfigError, config_from_dict
-from utils.preencoder_config import PreEncoderConfig, PreEncoderGeneratorConfig
+from utils.config.preencoder import PreEncoderConfig, PreEncoderGeneratorConfig
 
 
 def tiny(ds: int = 1) -> PreEncoder:

@@ -1,4 +1,4 @@
-"""The Echolancer recipe's guarantees that no user action loses work (issue 11).
+"""The Echolancer recipe's guarantees that no user action loses work.
 
 Each test here failed on the code before the training engine (see the test's comment for how).
 """

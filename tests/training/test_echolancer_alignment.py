@@ -1,4 +1,4 @@
-"""The Echolancer recipe's alignment aid and length bounds (issue 9): what training feeds the model,
+"""The Echolancer recipe's alignment aid and length bounds: what training feeds the model,
 what it logs, and what it saves for inference."""
 
 import os

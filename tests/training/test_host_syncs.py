@@ -1,4 +1,4 @@
-"""The Echolancer recipe on a GPU's terms (issue 12): no host reads of device values on ordinary
+"""The Echolancer recipe on a GPU's terms: no host reads of device values on ordinary
 steps, the fused optimizer's on-device skip of non-finite steps, the pinned attention backends, the
 optimizer implementation, and what ``training.compile`` is given.
 

@@ -18,8 +18,8 @@ from istftnetfe import ISTFTNetFE
 from training.vocoder import SegmentDataset, VocoderTrainer, split_files
 from utils.checkpoint import list_checkpoints, load_checkpoint
 from utils.config import AudioConfig, ConfigError, load_config
+from utils.config.vocoder import VocoderConfig
 from utils.logger import find_run_dir, read_offline_history
-from utils.vocoder_config import VocoderConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SR = 22050

@@ -73,7 +73,7 @@ def test_the_case_file_is_large_enough():
 
 
 @pytest.mark.parametrize("text, reading", [
-    # The misreadings reported in issue 13, as the tokenizer sees them.
+    # Inputs that are easy to misread (units, decades, times, numerals ...), as the tokenizer sees them.
     ("The file is 250MB.", "the file is two hundred fifty megabytes."),
     ("It weighs 3kg.", "it weighs three kilograms."),
     ("In the 1990s, music changed.", "in the nineteen nineties, music changed."),
@@ -88,7 +88,7 @@ def test_the_case_file_is_large_enough():
     ("e.g. this", "for example this"),
     ("Fifth Ave.", "fifth avenue."),
 ])
-def test_issue_examples_have_no_digits_or_dropped_words(text, reading):
+def test_easily_misread_inputs_have_no_digits_or_dropped_words(text, reading):
     from utils.char_tokenizer import CharTokenizer
 
     tok = CharTokenizer()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from utils.config.core import _require
+from utils.config.core import require
 
 
 @dataclass
@@ -20,9 +20,9 @@ class AudioConfig:
     fmax: float = 8000.0
 
     def check(self) -> None:
-        _require(self.win_length <= self.n_fft, "win_length must be <= n_fft")
-        _require(self.hop_length > 0 and self.n_mels > 0, "hop_length and n_mels must be positive")
-        _require(
+        require(self.win_length <= self.n_fft, "win_length must be <= n_fft")
+        require(self.hop_length > 0 and self.n_mels > 0, "hop_length and n_mels must be positive")
+        require(
             0 <= self.fmin < self.fmax <= self.sampling_rate / 2,
             f"need 0 <= fmin < fmax <= sampling_rate/2, got fmin={self.fmin}, fmax={self.fmax}",
         )

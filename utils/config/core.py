@@ -5,12 +5,18 @@ unknown keys, value types (YAML reads ``1e-6`` as a string, so a float field tha
 string is an error with a hint), allowed values, and cross-field consistency. Errors name the
 file (or the ``--set`` override that gave the value), the dotted key, and what is allowed.
 
+A file may start from another: a top-level ``base: other.yaml`` (relative to the file that names
+it) is read first, and this file's keys are merged on top (mappings key by key; lists and scalars
+replace). Bases may have bases; a cycle is an error. Only the merged result is validated and built,
+so the config object (and every checkpoint or export written from it) holds no trace of ``base``.
+
 The schema is always chosen by the caller (``schema=``; :data:`utils.config.KINDS` lists them),
 never guessed from the file's contents; without one, ``load_config`` reads a model config.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -50,11 +56,17 @@ def _type_name(tp: Any) -> str:
 # Dotted keys whose values came from ``--set`` overrides while a file is being built: their type
 # errors name the override, not the file (the file does not contain the bad value).
 _OVERRIDDEN: dict[str, str] = {}
+# Dotted keys whose values came from a base file (``base:``) while an overlay is being built: their
+# errors name the base, the file that holds the bad key or value.
+_FROM_BASE: dict[str, str] = {}
 
 
 def _origin(key: str, source: str) -> str:
-    item = _OVERRIDDEN.get(key.split("[")[0])
-    return f"--set {item}" if item is not None else source
+    key = key.split("[")[0]
+    item = _OVERRIDDEN.get(key)
+    if item is not None:
+        return f"--set {item}"
+    return _FROM_BASE.get(key, source)
 
 
 def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
@@ -123,7 +135,7 @@ def _build(schema: type, raw: dict, prefix: str, source: str):
     if unknown:
         where = f"'{prefix}'" if prefix else "the top level"
         raise ConfigError(
-            f"{source}: unknown key '{_join(prefix, unknown[0])}' in {where}; "
+            f"{_origin(_join(prefix, unknown[0]), source)}: unknown key '{_join(prefix, unknown[0])}' in {where}; "
             f"allowed keys: {', '.join(names)}"
         )
     kwargs = {k: _convert(v, hints[k], _join(prefix, k), source) for k, v in raw.items()}
@@ -213,10 +225,11 @@ def _read_yaml(path: str | os.PathLike) -> dict:
 
 
 def load_config(path, overrides: Optional[list[str]] = None, schema: Optional[type] = None):
-    """Read a YAML file into its validated config object.
+    """Read a YAML file (with its ``base:`` files, if any) into its validated config object.
 
     Args:
-        path: the YAML file.
+        path: the YAML file. A top-level ``base: other.yaml`` (relative to this file) is loaded
+            first and this file's keys are merged on top of it; see :func:`_read_layers`.
         overrides: ``"dotted.key=value"`` strings applied before validation.
         schema: the dataclass of this file's kind (:data:`utils.config.KINDS`); default
             :class:`~utils.config.model.ModelConfig`. It is never guessed from the contents: a file
@@ -226,11 +239,10 @@ def load_config(path, overrides: Optional[list[str]] = None, schema: Optional[ty
         from utils.config.model import ModelConfig
 
         schema = ModelConfig
-    raw = _read_yaml(path)
-    upgrade = getattr(schema, "upgrade", None)
-    if upgrade is not None:
-        raw = upgrade(raw, str(path))
+    raw, origins = _read_layers(os.fspath(path), schema, [])
     _OVERRIDDEN.clear()
+    _FROM_BASE.clear()
+    _FROM_BASE.update({k: f for k, f in origins.items() if f != os.fspath(path)})
     try:
         apply_overrides(raw, list(overrides or []), schema, str(path))
         return _build(schema, raw, "", str(path))
@@ -241,6 +253,60 @@ def load_config(path, overrides: Optional[list[str]] = None, schema: Optional[ty
         raise
     finally:
         _OVERRIDDEN.clear()
+        _FROM_BASE.clear()
+
+
+BASE_KEY = "base"
+
+
+def _read_layers(path: str, schema: type, chain: list[str]) -> tuple[dict, dict[str, str]]:
+    """``path`` read with its bases: ``(merged raw dict, {dotted key: the file that gave it})``.
+
+    A top-level ``base:`` names another YAML file, relative to the file that names it; it is read
+    first (with its own base, if any) and this file's keys are merged on top (:func:`merge_raw`).
+    Each file is upgraded on its own, so a base in an older layout still merges key by key.
+    """
+    raw = _read_yaml(path)
+    upgrade = getattr(schema, "upgrade", None)
+    base = raw.pop(BASE_KEY, None)
+    if upgrade is not None:
+        raw = upgrade(raw, path)
+    origins = {key: path for key in _dotted_keys(raw)}
+    if base is None:
+        return raw, origins
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: '{BASE_KEY}' must be the path of a YAML file (relative to this file), "
+                          f"got {base!r}")
+    base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+    seen = [os.path.realpath(p) for p in (*chain, path)]
+    if os.path.realpath(base_path) in seen:
+        loop = " -> ".join([*chain, path, base_path])
+        raise ConfigError(f"{path}: '{BASE_KEY}: {base}' makes a cycle of bases: {loop}")
+    if not os.path.isfile(base_path):
+        raise ConfigError(f"{path}: base file not found: {base_path} (from '{BASE_KEY}: {base}')")
+    under, under_origins = _read_layers(base_path, schema, [*chain, path])
+    return merge_raw(under, raw), {**under_origins, **origins}
+
+
+def merge_raw(base: dict, overlay: dict) -> dict:
+    """``overlay`` on top of ``base``: mappings merge key by key, anything else (lists included) replaces."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_raw(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _dotted_keys(raw: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in raw.items():
+        dotted = _join(prefix, str(key))
+        keys.append(dotted)
+        if isinstance(value, dict):
+            keys.extend(_dotted_keys(value, dotted))
+    return keys
 
 
 def _kind_hint(raw: dict, schema: type) -> str:
@@ -261,9 +327,6 @@ def require(cond: bool, message: str) -> None:
     """The validator every schema's ``check()`` uses: a ConfigError with ``message`` unless ``cond``."""
     if not cond:
         raise ConfigError(message)
-
-
-_require = require  # the name the schemas were written with
 
 
 def require_positive(obj: Any, names: tuple[str, ...] | list[str], strict: bool = True) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from utils.config.audio import AudioConfig
-from utils.config.core import ConfigError, _require
+from utils.config.core import ConfigError, require
 
 # --------------------------------------------------------------------------------------------
 # Model config (config/model.yaml)
@@ -35,13 +35,13 @@ class EncoderConfig:
     forward_expansion: int = 4
 
     def check(self) -> None:
-        _require(self.hidden > 0 and self.head > 0 and self.layer > 0, "hidden, head and layer must be positive")
-        _require(
+        require(self.hidden > 0 and self.head > 0 and self.layer > 0, "hidden, head and layer must be positive")
+        require(
             self.hidden % self.head == 0,
             f"hidden ({self.hidden}) must be divisible by head ({self.head})",
         )
-        _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
-        _require(self.forward_expansion > 0, "forward_expansion must be positive")
+        require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        require(self.forward_expansion > 0, "forward_expansion must be positive")
 
 
 @dataclass
@@ -109,39 +109,39 @@ class ModelSection:
     def check(self) -> None:
         for name in ("vocab_size", "codebook_size", "mel_channels", "emotion_input_size",
                      "emotion_channels", "n_speaker"):
-            _require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
-        _require(self.speaker_channels >= 0, "speaker_channels must be >= 0")
-        _require(all(h > 0 for h in self.emotion_hidden_sizes), "emotion_hidden_sizes must be positive")
-        _require(
+            require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        require(self.speaker_channels >= 0, "speaker_channels must be >= 0")
+        require(all(h > 0 for h in self.emotion_hidden_sizes), "emotion_hidden_sizes must be positive")
+        require(
             self.emotion_channels <= self.encoder.hidden,
             f"emotion_channels ({self.emotion_channels}) must be <= encoder.hidden ({self.encoder.hidden})",
         )
-        _require(self.alibi_alpha > 0, f"alibi_alpha must be > 0, got {self.alibi_alpha}")
+        require(self.alibi_alpha > 0, f"alibi_alpha must be > 0, got {self.alibi_alpha}")
         if self.use_alibi and self.encoder_position.startswith("directional"):
             stacks = [("encoder.head", self.encoder.head)]
             if self.vq_token_mode:
                 stacks.append(("ref_encoder.head", self.ref_encoder.head))
             for name, heads in stacks:
-                _require(heads >= 2, f"{name} must be >= 2 for encoder_position '{self.encoder_position}' "
-                         "(one head looks left, one right); or use encoder_position: absolute")
+                require(heads >= 2, f"{name} must be >= 2 for encoder_position '{self.encoder_position}' "
+                        "(one head looks left, one right); or use encoder_position: absolute")
         if self.attention_backend == "flex":  # flex_attention has no attention-probability dropout
             drops = [("encoder", self.encoder), ("decoder", self.decoder)] + (
                 [("ref_encoder", self.ref_encoder)] if self.vq_token_mode else [])
             for name, part in drops:
-                _require(part.dropout == 0.0, f"attention_backend flex has no attention dropout: {name}.dropout "
-                         f"must be 0.0, got {part.dropout} (or use attention_backend: sdpa)")
+                require(part.dropout == 0.0, f"attention_backend flex has no attention dropout: {name}.dropout "
+                        f"must be 0.0, got {part.dropout} (or use attention_backend: sdpa)")
         for part, kv in (("encoder", self.encoder_kv_heads), ("decoder", self.decoder_kv_heads)):
             heads = getattr(self, part).head
-            _require(
+            require(
                 kv > 0 and heads % kv == 0,
                 f"{part}_kv_heads ({kv}) must divide {part}.head ({heads}); allowed: "
                 + ", ".join(str(d) for d in range(1, heads + 1) if heads % d == 0),
             )
         if self.multi_speaker:
-            _require(self.speaker_channels > 0, "multi_speaker needs speaker_channels > 0")
+            require(self.speaker_channels > 0, "multi_speaker needs speaker_channels > 0")
         if self.vq_token_mode:
-            _require(self.speaker_channels > 0, "vq_token_mode needs speaker_channels > 0")
-            _require(
+            require(self.speaker_channels > 0, "vq_token_mode needs speaker_channels > 0")
+            require(
                 self.vq_vocab_size >= self.codebook_size,
                 f"vq_vocab_size ({self.vq_vocab_size}) must be >= codebook_size ({self.codebook_size}):"
                 " reference utterances are codec tokens",
@@ -154,7 +154,7 @@ class PreprocessingConfig:
     val_fraction: float = 0.02
 
     def check(self) -> None:
-        _require(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
+        require(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
 
 
 @dataclass
@@ -164,7 +164,7 @@ class DatasetConfig:
     skip_invalid_files: bool = False  # false: a bad file is an error; true: skipped and counted
 
     def check(self) -> None:
-        _require(self.max_text_len > 0 and self.max_audio_len > 0, "max lengths must be positive")
+        require(self.max_text_len > 0 and self.max_audio_len > 0, "max lengths must be positive")
 
 
 @dataclass
@@ -182,10 +182,10 @@ class TrackingConfig:
     end_slack: int = 1  # EOS allowed once the tracked position is this close to the last symbol
 
     def check(self) -> None:
-        _require(self.back >= 0 and self.forward >= 0 and self.end_slack >= 0,
+        require(self.back >= 0 and self.forward >= 0 and self.end_slack >= 0,
                  f"tracking.back, forward and end_slack must be >= 0; got {self.back}, {self.forward}, {self.end_slack}")
-        _require(self.slope >= 0, f"tracking.slope must be >= 0, got {self.slope}")
-        _require(self.stuck_factor > 0, f"tracking.stuck_factor must be > 0, got {self.stuck_factor}")
+        require(self.slope >= 0, f"tracking.slope must be >= 0, got {self.slope}")
+        require(self.stuck_factor > 0, f"tracking.stuck_factor must be > 0, got {self.stuck_factor}")
 
 
 @dataclass
@@ -208,16 +208,16 @@ class GenerationConfig:
 
     def check(self) -> None:
         w = self.attention_window
-        _require(not (w is not None and self.tracking.enabled),
-                 "attention_window and tracking.enabled both steer the attention; choose one")
-        _require(w is None or (len(w) == 2 and all(isinstance(v, int) and v >= 0 for v in w)),
-                 f"attention_window must be null or [back, forward], two integers >= 0; got {w}")
-        _require(self.length_margin >= 1.0, f"length_margin must be >= 1, got {self.length_margin}")
+        require(not (w is not None and self.tracking.enabled),
+                "attention_window and tracking.enabled both steer the attention; choose one")
+        require(w is None or (len(w) == 2 and all(isinstance(v, int) and v >= 0 for v in w)),
+                f"attention_window must be null or [back, forward], two integers >= 0; got {w}")
+        require(self.length_margin >= 1.0, f"length_margin must be >= 1, got {self.length_margin}")
         lo, hi = self.min_tokens_per_text_token, self.max_tokens_per_text_token
-        _require(lo is None or lo >= 0, f"min_tokens_per_text_token must be >= 0 or null, got {lo}")
-        _require(hi is None or hi > 0, f"max_tokens_per_text_token must be > 0 or null, got {hi}")
-        _require(lo is None or hi is None or lo < hi,
-                 f"min_tokens_per_text_token ({lo}) must be < max_tokens_per_text_token ({hi})")
+        require(lo is None or lo >= 0, f"min_tokens_per_text_token must be >= 0 or null, got {lo}")
+        require(hi is None or hi > 0, f"max_tokens_per_text_token must be > 0 or null, got {hi}")
+        require(lo is None or hi is None or lo < hi,
+                f"min_tokens_per_text_token ({lo}) must be < max_tokens_per_text_token ({hi})")
 
 
 @dataclass
@@ -265,7 +265,7 @@ class ModelConfig:
             )
 
     def check(self) -> None:
-        _require(
+        require(
             self.model.mel_channels == self.audio.n_mels,
             f"model.mel_channels ({self.model.mel_channels}) must equal audio.n_mels ({self.audio.n_mels})",
         )

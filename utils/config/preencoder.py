@@ -4,8 +4,9 @@
     from utils.config.preencoder import PreEncoderConfig
     cfg = load_config("config/preencoder.yaml", ["training.batch_size=8"], schema=PreEncoderConfig)
 
-The exported ``model_config.yaml`` is this same file (``model``, ``audio``, ``training``), so the
-keys the original exports carry (``model.mel_channels``, ``model.generator.fsq_levels``) sit where
+The exported ``model_config.yaml`` is this config written out in full (``model``, ``audio``,
+``training``; merged with its ``base:``, if any), so the keys the original exports carry
+(``model.mel_channels``, ``model.generator.fsq_levels``) sit where
 :class:`scripted_preencoder.ScriptedPreEncoder` looks for them.
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from utils.config.audio import AudioConfig
-from utils.config.core import _require
+from utils.config.core import require
 from utils.config.train import WandbConfig
 
 
@@ -40,14 +41,14 @@ class PreEncoderGeneratorConfig:
     mel_std: float = 2.5
 
     def check(self) -> None:
-        _require(len(self.fsq_levels) > 0 and all(lv >= 2 for lv in self.fsq_levels),
-                 f"fsq_levels must be a non-empty list of integers >= 2, got {self.fsq_levels}")
-        _require(self.hidden > 0, "hidden must be > 0")
-        _require(self.encoder_blocks >= 0 and self.decoder_blocks >= 0, "encoder_blocks/decoder_blocks must be >= 0")
-        _require(self.kernel_size % 2 == 1, f"kernel_size must be odd (same-length convolutions), got {self.kernel_size}")
-        _require(self.downsample in (1, 2, 4, 8), f"downsample must be one of 1, 2, 4, 8, got {self.downsample}")
-        _require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
-        _require(self.mel_std > 0, "mel_std must be > 0")
+        require(len(self.fsq_levels) > 0 and all(lv >= 2 for lv in self.fsq_levels),
+                f"fsq_levels must be a non-empty list of integers >= 2, got {self.fsq_levels}")
+        require(self.hidden > 0, "hidden must be > 0")
+        require(self.encoder_blocks >= 0 and self.decoder_blocks >= 0, "encoder_blocks/decoder_blocks must be >= 0")
+        require(self.kernel_size % 2 == 1, f"kernel_size must be odd (same-length convolutions), got {self.kernel_size}")
+        require(self.downsample in (1, 2, 4, 8), f"downsample must be one of 1, 2, 4, 8, got {self.downsample}")
+        require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        require(self.mel_std > 0, "mel_std must be > 0")
 
     @property
     def codebook_size(self) -> int:
@@ -88,14 +89,14 @@ class PreEncoderTrainingSection:
     def check(self) -> None:
         for name in ("batch_size", "segment_frames", "max_steps", "log_step", "val_step", "save_step",
                      "keep_last", "max_val_files", "max_nonfinite_steps"):
-            _require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        _require(self.learning_rate > 0, "learning_rate must be > 0")
-        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two values in [0, 1)")
-        _require(self.warmup_steps >= 0, "warmup_steps must be >= 0")
-        _require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]")
-        _require(self.l1_weight >= 0 and self.l2_weight >= 0 and self.l1_weight + self.l2_weight > 0,
-                 "l1_weight and l2_weight must be >= 0 and not both 0")
-        _require(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
+            require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        require(self.learning_rate > 0, "learning_rate must be > 0")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two values in [0, 1)")
+        require(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]")
+        require(self.l1_weight >= 0 and self.l2_weight >= 0 and self.l1_weight + self.l2_weight > 0,
+                "l1_weight and l2_weight must be >= 0 and not both 0")
+        require(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
 
 
 @dataclass
@@ -106,12 +107,12 @@ class PreEncoderConfig:
     wandb: WandbConfig = field(default_factory=lambda: WandbConfig(project="echolancer-preencoder"))
 
     def check(self) -> None:
-        _require(
+        require(
             self.model.mel_channels == self.audio.n_mels,
             f"model.mel_channels ({self.model.mel_channels}) must equal audio.n_mels ({self.audio.n_mels})",
         )
         ds = self.model.generator.downsample
-        _require(
+        require(
             self.training.segment_frames % ds == 0,
             f"training.segment_frames ({self.training.segment_frames}) must be a multiple of "
             f"model.generator.downsample ({ds})",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from utils.config.core import _require
+from utils.config.core import require
 
 # --------------------------------------------------------------------------------------------
 # Training config (config/train.yaml)
@@ -24,8 +24,8 @@ class OptimizerConfig:
     impl: Literal["auto", "fused", "foreach"] = "auto"
 
     def check(self) -> None:
-        _require(self.learning_rate > 0, "learning_rate must be > 0")
-        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two values in [0, 1)")
+        require(self.learning_rate > 0, "learning_rate must be > 0")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two values in [0, 1)")
 
 
 @dataclass
@@ -36,8 +36,8 @@ class SchedulerConfig:
     min_lr_ratio: float = 0.0  # floor of cosine/linear decay, as a fraction of learning_rate
 
     def check(self) -> None:
-        _require(self.warmup_steps >= 0, "warmup_steps must be >= 0")
-        _require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]")
+        require(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]")
 
 
 @dataclass
@@ -77,12 +77,12 @@ class AlignmentConfig:
         return self.guided_weight > 0 or self.forward_sum_weight > 0
 
     def check(self) -> None:
-        _require(self.prior_scale > 0, f"prior_scale must be > 0, got {self.prior_scale}")
-        _require(self.guided_weight >= 0, f"guided_weight must be >= 0, got {self.guided_weight}")
-        _require(self.guided_sigma > 0, f"guided_sigma must be > 0, got {self.guided_sigma}")
-        _require(self.forward_sum_weight >= 0, f"forward_sum_weight must be >= 0, got {self.forward_sum_weight}")
-        _require(self.prior_hold_steps >= 0 and self.prior_anneal_steps >= 0,
-                 "prior_hold_steps and prior_anneal_steps must be >= 0")
+        require(self.prior_scale > 0, f"prior_scale must be > 0, got {self.prior_scale}")
+        require(self.guided_weight >= 0, f"guided_weight must be >= 0, got {self.guided_weight}")
+        require(self.guided_sigma > 0, f"guided_sigma must be > 0, got {self.guided_sigma}")
+        require(self.forward_sum_weight >= 0, f"forward_sum_weight must be >= 0, got {self.forward_sum_weight}")
+        require(self.prior_hold_steps >= 0 and self.prior_anneal_steps >= 0,
+                "prior_hold_steps and prior_anneal_steps must be >= 0")
 
 
 @dataclass
@@ -132,18 +132,18 @@ class TrainingSection:
     test_temperature: float = 1.0  # 0 = greedy
 
     def check(self) -> None:
-        _require(self.batch_size > 0, "batch_size must be > 0")
-        _require(self.grad_acc_step >= 1, "grad_acc_step must be >= 1")
-        _require(self.epochs >= 1, "epochs must be >= 1")
-        _require(self.max_steps is None or self.max_steps >= 1,
-                 f"max_steps must be >= 1 (or null: train for epochs), got {self.max_steps}")
-        _require(self.max_minutes is None or self.max_minutes > 0,
-                 f"max_minutes must be > 0 (or null: no time budget), got {self.max_minutes}")
-        _require(self.test_temperature >= 0.0, "test_temperature must be >= 0")
-        _require(self.eval_step is None or self.eval_step > 0, "eval_step must be > 0 or null")
+        require(self.batch_size > 0, "batch_size must be > 0")
+        require(self.grad_acc_step >= 1, "grad_acc_step must be >= 1")
+        require(self.epochs >= 1, "epochs must be >= 1")
+        require(self.max_steps is None or self.max_steps >= 1,
+                f"max_steps must be >= 1 (or null: train for epochs), got {self.max_steps}")
+        require(self.max_minutes is None or self.max_minutes > 0,
+                f"max_minutes must be > 0 (or null: no time budget), got {self.max_minutes}")
+        require(self.test_temperature >= 0.0, "test_temperature must be >= 0")
+        require(self.eval_step is None or self.eval_step > 0, "eval_step must be > 0 or null")
         for name in ("log_step", "val_step", "save_step", "test_step", "keep_last", "test_max_length",
                      "max_nonfinite_steps", "pad_multiple", "check_step"):
-            _require(getattr(self, name) > 0, f"{name} must be > 0")
+            require(getattr(self, name) > 0, f"{name} must be > 0")
 
 
 @dataclass

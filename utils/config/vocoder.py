@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from utils.config.audio import AudioConfig
-from utils.config.core import _require
+from utils.config.core import require
 from utils.config.train import WandbConfig
 
 
@@ -33,28 +33,28 @@ class GeneratorConfig:
     gen_istft_hop_size: int = 4
 
     def check(self) -> None:
-        _require(len(self.upsample_rates) > 0, "upsample_rates must not be empty")
-        _require(
+        require(len(self.upsample_rates) > 0, "upsample_rates must not be empty")
+        require(
             len(self.upsample_rates) == len(self.upsample_kernel_sizes),
             f"upsample_rates ({self.upsample_rates}) and upsample_kernel_sizes "
             f"({self.upsample_kernel_sizes}) must have the same length",
         )
         for u, k in zip(self.upsample_rates, self.upsample_kernel_sizes):
-            _require(u > 0 and k >= u and (k - u) % 2 == 0,
-                     f"each upsample kernel must be >= its rate with an even difference, got rate {u}, kernel {k}")
-        _require(
+            require(u > 0 and k >= u and (k - u) % 2 == 0,
+                    f"each upsample kernel must be >= its rate with an even difference, got rate {u}, kernel {k}")
+        require(
             self.upsample_initial_channel % (2 ** len(self.upsample_rates)) == 0,
             f"upsample_initial_channel ({self.upsample_initial_channel}) must be divisible by "
             f"2**len(upsample_rates) = {2 ** len(self.upsample_rates)} (channels halve per upsampling)",
         )
-        _require(
+        require(
             len(self.resblock_kernel_sizes) == len(self.resblock_dilation_sizes) > 0,
             "resblock_kernel_sizes and resblock_dilation_sizes must be non-empty and the same length",
         )
-        _require(all(k % 2 == 1 for k in self.resblock_kernel_sizes), "resblock_kernel_sizes must be odd")
-        _require(self.gen_istft_n_fft > 0 and self.gen_istft_n_fft % 2 == 0, "gen_istft_n_fft must be even")
-        _require(0 < self.gen_istft_hop_size <= self.gen_istft_n_fft,
-                 "gen_istft_hop_size must be in (0, gen_istft_n_fft]")
+        require(all(k % 2 == 1 for k in self.resblock_kernel_sizes), "resblock_kernel_sizes must be odd")
+        require(self.gen_istft_n_fft > 0 and self.gen_istft_n_fft % 2 == 0, "gen_istft_n_fft must be even")
+        require(0 < self.gen_istft_hop_size <= self.gen_istft_n_fft,
+                "gen_istft_hop_size must be in (0, gen_istft_n_fft]")
 
     @property
     def samples_per_frame(self) -> int:
@@ -74,9 +74,9 @@ class DiscriminatorConfig:
     width: float = 1.0
 
     def check(self) -> None:
-        _require(len(self.periods) > 0 and all(p > 1 for p in self.periods), "periods must be integers > 1")
-        _require(self.msd_scales >= 0, "msd_scales must be >= 0 (0 disables the multi-scale discriminator)")
-        _require(0.0 < self.width <= 4.0, f"width must be in (0, 4], got {self.width}")
+        require(len(self.periods) > 0 and all(p > 1 for p in self.periods), "periods must be integers > 1")
+        require(self.msd_scales >= 0, "msd_scales must be >= 0 (0 disables the multi-scale discriminator)")
+        require(0.0 < self.width <= 4.0, f"width must be in (0, 4], got {self.width}")
 
 
 @dataclass
@@ -88,7 +88,7 @@ class VocoderLossConfig:
     mel_loss_fmax: Optional[float] = None
 
     def check(self) -> None:
-        _require(self.mel_weight >= 0 and self.feature_weight >= 0, "loss weights must be >= 0")
+        require(self.mel_weight >= 0 and self.feature_weight >= 0, "loss weights must be >= 0")
 
 
 @dataclass
@@ -103,10 +103,10 @@ class VocoderOptimizerConfig:
     impl: Literal["auto", "fused", "foreach"] = "auto"  # AdamW kernel: auto = fused on CUDA, foreach elsewhere
 
     def check(self) -> None:
-        _require(self.learning_rate > 0, "learning_rate must be > 0")
-        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two values in [0, 1)")
-        _require(0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]")
-        _require(self.lr_decay_every > 0, "lr_decay_every must be > 0")
+        require(self.learning_rate > 0, "learning_rate must be > 0")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two values in [0, 1)")
+        require(0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]")
+        require(self.lr_decay_every > 0, "lr_decay_every must be > 0")
 
 
 @dataclass
@@ -130,10 +130,10 @@ class VocoderTrainingSection:
     def check(self) -> None:
         for name in ("batch_size", "segment_size", "max_steps", "log_step", "val_step", "save_step",
                      "keep_last", "max_val_files", "max_nonfinite_steps"):
-            _require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        _require(self.num_workers >= 0, "num_workers must be >= 0")
-        _require(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
-        _require(self.val_max_seconds > 0, "val_max_seconds must be > 0")
+            require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        require(self.num_workers >= 0, "num_workers must be >= 0")
+        require(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
+        require(self.val_max_seconds > 0, "val_max_seconds must be > 0")
 
 
 @dataclass
@@ -148,21 +148,21 @@ class VocoderConfig:
 
     def check(self) -> None:
         spf = self.generator.samples_per_frame
-        _require(
+        require(
             spf == self.audio.hop_length,
             f"generator: prod(upsample_rates) x gen_istft_hop_size = {spf} must equal audio.hop_length "
             f"({self.audio.hop_length}) so that one mel frame becomes one hop of samples",
         )
-        _require(
+        require(
             self.training.segment_size % self.audio.hop_length == 0,
             f"training.segment_size ({self.training.segment_size}) must be a multiple of audio.hop_length "
             f"({self.audio.hop_length})",
         )
-        _require(
+        require(
             self.training.segment_size > self.audio.n_fft,
             f"training.segment_size ({self.training.segment_size}) must exceed audio.n_fft ({self.audio.n_fft})",
         )
         fmax = self.loss.mel_loss_fmax
         if fmax is not None:
-            _require(self.audio.fmin < fmax <= self.audio.sampling_rate / 2,
-                     f"loss.mel_loss_fmax ({fmax}) must be in (audio.fmin, sampling_rate/2]")
+            require(self.audio.fmin < fmax <= self.audio.sampling_rate / 2,
+                    f"loss.mel_loss_fmax ({fmax}) must be in (audio.fmin, sampling_rate/2]")
