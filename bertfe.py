@@ -20,6 +20,8 @@ from typing import Literal, Optional, Union
 import torch
 from torch import Tensor
 
+from utils.config import ConfigError
+
 Pooling = Literal["auto", "pooler", "mean"]
 
 
@@ -102,7 +104,7 @@ class BERTFrontEnd:
     def check_width(self, emotion_input_size: int, what: str = "the Echolancer model config") -> None:
         """Raise if this encoder's width differs from ``model.emotion_input_size``."""
         if self.hidden_size != emotion_input_size:
-            raise ValueError(
+            raise ConfigError(
                 f"BERT '{self.name}' gives {self.hidden_size}-wide vectors but {what} has "
                 f"model.emotion_input_size = {emotion_input_size}; use a BERT of that width or a model "
                 f"trained with emotion_input_size: {self.hidden_size}"

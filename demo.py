@@ -33,7 +33,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from training.engine import bad_input_errors
+from utils.cli import run_command
 from utils.config import ConfigError, ModelConfig, load_config
+from utils.distributed import pick_device
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 STAGES = ("corpus", "preencoder", "vocoder", "preprocess", "echolancer", "evaluate")
@@ -326,13 +329,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--wandb_mode", default="offline", choices=["online", "offline", "disabled"])
     p.add_argument("--dry_run", action="store_true", help="print the commands and stop")
     args = p.parse_args(argv)
-    try:
+
+    def checked_profile():
         profile, path = load_profile(args.profile)
-    except ConfigError as e:
-        print(f"demo.py: error: {e}", file=sys.stderr)
-        return 2
-    if args.device:
-        profile.device = args.device
+        if args.device:
+            profile.device = args.device
+        if not args.dry_run:  # every stage would fail on it, one after the other: say so once, first
+            pick_device(profile.device)
+        return profile, path
+
+    outcome = run_command("demo.py", checked_profile, bad_input_errors())
+    if isinstance(outcome, int):
+        return outcome
+    profile, path = outcome
     name = os.path.splitext(os.path.basename(path))[0].removeprefix("demo_")
     work = os.path.abspath(args.work_dir or os.path.join("outputs", f"demo_{name}"))
     if args.fresh and os.path.isdir(work) and not args.dry_run:

@@ -44,10 +44,12 @@ from tqdm import tqdm
 
 from data.corpus import discover
 from model.tracking import alignment_report, tracking_params
+from training.engine import bad_input_errors
 from utils.asr import WhisperASR, score_texts, score_waveforms
 from utils.audio import griffin_lim, load_wav, mel_spectrogram, save_wav
-from utils.checkpoint import CheckpointError
+from utils.cli import run_command
 from utils.config import AudioConfig, ConfigError
+from utils.distributed import pick_device
 
 STAGES = ("ground_truth", "griffin_lim", "vocoder", "round_trip", "model")
 # Sentence-length buckets (words): the training text runs to 30 words, so 31-45 and 46+ are the
@@ -323,7 +325,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     if not edges or edges[0] < 1 or any(b <= a for a, b in zip(edges, edges[1:])):
         raise ConfigError(f"--length_buckets {' '.join(map(str, edges))}: need increasing word counts >= 1, "
                           f"e.g. {' '.join(map(str, DEFAULT_LENGTH_EDGES))}")
-    device = torch.device(args.device)
+    device = pick_device(args.device)  # an unusable or misspelt device is one line, not a traceback
     os.makedirs(args.output_dir, exist_ok=True)
 
     loaded = None
@@ -514,12 +516,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        evaluate(args)
-    except (ConfigError, CheckpointError, OSError, ValueError) as e:  # bad inputs: one line, no traceback
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    # OSError too: the recordings, sentence lists and model directories it reads are the user's.
+    outcome = run_command("evaluate.py", lambda: evaluate(args), bad_input_errors() + (OSError,))
+    return outcome if isinstance(outcome, int) else 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,13 @@ Per sentence ``utt_NNNN`` it writes, under ``--output_dir``: ``utt_NNNN.tokens.n
 tokens, length L), ``utt_NNNN.gate.npy/.pt`` (stop probability per step), ``utt_NNNN.json``
 (text, normalised text, speaker, sampling settings, length, whether max_length was hit, time,
 tokens/s) and, when a pre-encoder is given, ``utt_NNNN.wav``.
+
+Batch synthesis from a file: ``--text_file lines.txt`` speaks every non-empty line (``utt_0000`` is
+the first non-empty line, ``utt_0001`` the next, ...); ``--text_file lines.jsonl`` takes one JSON
+object a line, ``{"text": "...", "speaker": 2, "id": "intro"}``: ``text`` required, ``speaker`` (an
+int id, default ``--speaker_id``) and ``id`` or ``name`` (the file stem, default ``utt_NNNN``)
+optional. The whole file is checked before any synthesis; a file-mode run never replaces files
+already in ``--output_dir`` unless ``--overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -21,23 +28,41 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 
 from model.pretrained import LoadedModel, load_echolancer
-from pipeline import PipelineError, build_synthesizer
-from utils.checkpoint import CheckpointError
-from utils.config import ConfigError
+from pipeline import build_synthesizer
+from training.engine import bad_input_errors
+from utils.cli import run_command
 
+PROG = "infer.py"  # how its error lines begin
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog."  # when neither --text nor --text_file is given
+JSONL_KEYS = ("text", "speaker", "id", "name")  # the keys a --text_file .jsonl line may have
+# A file stem from a JSONL id: no path separators, no hidden files, nothing a shell needs quoting for.
+STEM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+OUTPUT_SUFFIXES = (".tokens.npy", ".tokens.pt", ".gate.npy", ".gate.pt", ".json", ".wav")  # per sentence
 
 
 class InferError(ValueError):
     """A user input infer.py cannot work with (the message says which and why)."""
+
+
+@dataclass
+class Item:
+    """One sentence to speak, and where it came from."""
+
+    text: str
+    where: str  # for messages: "--text #1" or "FILE line N"
+    stem: str  # its output files are <stem>.json, <stem>.wav, ...
+    speaker: Optional[int] = None  # None: --speaker_id
+    line: Optional[int] = None  # its line in --text_file
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -49,7 +74,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", action="append",
                      help=f"a sentence to speak (repeat for several); default: {DEFAULT_TEXT!r}")
-    src.add_argument("--text_file", help="UTF-8 file, one sentence per line (blank lines skipped)")
+    src.add_argument("--text_file",
+                     help="UTF-8 file, one sentence per line (blank lines skipped); a .jsonl file has one JSON "
+                          "object a line: text (required), speaker (int id), id or name (the output file stem)")
     p.add_argument("--speaker_id", type=int, default=0, help="speaker id of a multi-speaker model")
     p.add_argument("--reference_tokens", default=None,
                    help="vq_token_mode models: a reference utterance's codec tokens (.npy or .pt, 1-D)")
@@ -68,58 +95,117 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads (0 = torch default); 1 is often fastest for small batches on a busy CPU")
     p.add_argument("--output_dir", default="outputs/infer")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--text_file runs: replace files of the same names already in --output_dir (refused otherwise)")
     p.add_argument("--bert_model", default=None, help="hub name or local dir of the BERT emotion front end")
     p.add_argument("--pre_encoder_dir", default=None, help="exported pre-encoder (codec tokens -> mel)")
     p.add_argument("--istftnet_dir", default=None, help="exported ISTFTNet vocoder (mel -> waveform)")
     return p.parse_args(argv)
 
 
-def read_texts(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """The sentences and, for error messages, where each came from."""
+def read_items(args: argparse.Namespace) -> list[Item]:
+    """The sentences to speak, each with its file stem and speaker; a bad line fails here, before the model loads."""
     if args.text is None and args.text_file is None:
         args.text = [DEFAULT_TEXT]
     if args.text is not None:
-        texts = [t.strip() for t in args.text]
-        where = [f"--text #{i + 1}" for i in range(len(texts))]
+        return [Item(t.strip(), f"--text #{i + 1}", f"utt_{i:04d}") for i, t in enumerate(args.text)]
+    path = args.text_file
+    if not os.path.isfile(path):
+        raise InferError(f"--text_file {path}: file not found")
+    with open(path, encoding="utf-8") as f:
+        lines = [(n + 1, line.strip()) for n, line in enumerate(f)]
+    lines = [(n, line) for n, line in lines if line]
+    if not lines:
+        raise InferError(f"--text_file {path}: no text to speak (only blank lines)")
+    if path.lower().endswith(".jsonl"):
+        items = [_jsonl_item(path, n, line, i) for i, (n, line) in enumerate(lines)]
     else:
-        if not os.path.isfile(args.text_file):
-            raise InferError(f"--text_file {args.text_file}: file not found")
-        with open(args.text_file, encoding="utf-8") as f:
-            lines = [(n + 1, line.strip()) for n, line in enumerate(f)]
-        texts = [t for _, t in lines if t]
-        where = [f"{args.text_file} line {n}" for n, t in lines if t]
-    if not texts:
-        raise InferError("no text to speak: --text is empty or --text_file has only blank lines")
-    return texts, where
+        items = [Item(line, f"{path} line {n}", f"utt_{i:04d}", line=n) for i, (n, line) in enumerate(lines)]
+    seen: dict[str, int] = {}
+    for it in items:
+        if it.stem in seen:
+            raise InferError(f"{it.where}: file name {it.stem!r} is already taken by line {seen[it.stem]}; "
+                             "give every line its own id (or leave id out: utt_NNNN by position)")
+        seen[it.stem] = it.line
+    return items
 
 
-def check_texts(loaded: LoadedModel, texts: list[str], where: list[str]) -> None:
+def _jsonl_item(path: str, n: int, line: str, index: int) -> Item:
+    where = f"{path} line {n}"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InferError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line is one object like "
+                         '{"text": "Hello.", "speaker": 0, "id": "hello"}') from None
+    if not isinstance(obj, dict):
+        raise InferError(f"{where}: expected a JSON object, got {type(obj).__name__}; allowed keys: "
+                         f"{', '.join(JSONL_KEYS)}")
+    unknown = sorted(set(obj) - set(JSONL_KEYS))
+    if unknown:
+        raise InferError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: "
+                         f"{', '.join(JSONL_KEYS)} (text required)")
+    text = obj.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise InferError(f"{where}: 'text' is required and must be a non-empty string, got {text!r}")
+    speaker = obj.get("speaker")
+    if speaker is not None and (isinstance(speaker, bool) or not isinstance(speaker, int)):
+        raise InferError(f"{where}: 'speaker' must be an integer speaker id, got {speaker!r}")
+    if "id" in obj and "name" in obj:
+        raise InferError(f"{where}: give 'id' or 'name', not both (they are the same thing: the file name)")
+    name = obj.get("id", obj.get("name"))
+    if name is None:
+        stem = f"utt_{index:04d}"
+    else:
+        stem = str(name) if isinstance(name, (str, int)) and not isinstance(name, bool) else ""
+        if not STEM_RE.fullmatch(stem):
+            raise InferError(f"{where}: id/name {name!r} cannot be a file name: use 1-100 letters, digits, '.', "
+                             "'_' or '-', starting with a letter or digit")
+    return Item(text.strip(), where, stem, speaker, n)
+
+
+def check_output_clashes(out_dir: str, items: list[Item]) -> None:
+    """Refuse to replace what an earlier run wrote (--text_file runs without --overwrite)."""
+    if not os.path.isdir(out_dir):
+        return
+    present = set(os.listdir(out_dir))
+    clashes = [it.stem + suffix for it in items for suffix in OUTPUT_SUFFIXES if it.stem + suffix in present]
+    if clashes:
+        more = f" and {len(clashes) - 1} more file(s)" if len(clashes) > 1 else ""
+        raise InferError(f"--output_dir {out_dir} already has {clashes[0]}{more} of these sentences; pass "
+                         "--overwrite to replace them, or choose another --output_dir")
+
+
+def check_texts(loaded: LoadedModel, items: list[Item]) -> None:
     """Fail before any model work when a sentence cannot be spoken."""
     tok = loaded.tokenizer
-    for text, w in zip(texts, where):
-        ids = tok.encode(text)
+    for it in items:
+        ids = tok.encode(it.text)
         if not tok.is_speakable(ids):
             raise InferError(
-                f"{w}: {text!r} has no speakable characters after normalisation "
-                f"({tok.normalize_text(text)!r}); the tokenizer speaks letters a-z"
+                f"{it.where}: {it.text!r} has no speakable characters after normalisation "
+                f"({tok.normalize_text(it.text)!r}); the tokenizer speaks letters a-z"
             )
         if len(ids) > loaded.model_config.dataset.max_text_len:
-            print(f"warning: {w} has {len(ids)} characters, more than the {loaded.model_config.dataset.max_text_len} "
-                  "the model was trained on; split long sentences for best results", file=sys.stderr)
+            print(f"warning: {it.where} has {len(ids)} characters, more than the "
+                  f"{loaded.model_config.dataset.max_text_len} the model was trained on; split long sentences for "
+                  "best results", file=sys.stderr)
 
 
-def check_speaker(loaded: LoadedModel, speaker_id: int) -> Optional[int]:
-    """The speaker id to pass (None for single-speaker models), or a clear error."""
+def check_speaker(loaded: LoadedModel, speaker_id: int, where: str = "--speaker_id") -> Optional[int]:
+    """The speaker id to pass (None for single-speaker models), or a clear error naming ``where``."""
     m = loaded.model_config.model
     if m.multi_speaker:
         if not 0 <= speaker_id < m.n_speaker:
+            subject = "--speaker_id" if where == "--speaker_id" else f"{where}: speaker"
             raise InferError(
-                f"--speaker_id {speaker_id} is not a speaker of this model: allowed ids are 0..{m.n_speaker - 1} "
+                f"{subject} {speaker_id} is not a speaker of this model: allowed ids are 0..{m.n_speaker - 1} "
                 f"(model.n_speaker = {m.n_speaker})"
             )
         return speaker_id
     if speaker_id != 0:
-        raise InferError(f"--speaker_id {speaker_id}: this model is single-speaker (model.multi_speaker = false); use 0")
+        subject = "--speaker_id" if where == "--speaker_id" else f"{where}: speaker"
+        raise InferError(f"{subject} {speaker_id}: this model is single-speaker (model.multi_speaker = false); "
+                         "use 0")
     return None
 
 
@@ -173,17 +259,21 @@ def write_utterance(out_dir: str, stem: str, utt, length: int, meta: dict) -> di
 
 def run(args: argparse.Namespace) -> list[dict]:
     """Everything after argument parsing; returns the metadata of each sentence."""
-    texts, where = read_texts(args)
+    items = read_items(args)
     if args.batch_size < 1:
         raise InferError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.istftnet_dir is not None and args.pre_encoder_dir is None:
         raise InferError("--istftnet_dir needs --pre_encoder_dir: the vocoder speaks mels, the model codec tokens")
+    if args.text_file is not None and not args.overwrite:
+        check_output_clashes(args.output_dir, items)
     device = resolve_device(args.device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     loaded = load_echolancer(args.checkpoint, device=device, model_config_path=args.model_config)
-    speaker = check_speaker(loaded, args.speaker_id)
-    check_texts(loaded, texts, where)
+    default_speaker = check_speaker(loaded, args.speaker_id)
+    speakers = [default_speaker if it.speaker is None else check_speaker(loaded, it.speaker, it.where)
+                for it in items]
+    check_texts(loaded, items)
     reference = load_reference(loaded, args.reference_tokens, device)
 
     synth = build_synthesizer(
@@ -201,8 +291,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     os.makedirs(args.output_dir, exist_ok=True)
 
     metas: list[dict] = []
-    for start in range(0, len(texts), args.batch_size):
-        batch = texts[start : start + args.batch_size]
+    for start in range(0, len(items), args.batch_size):
+        batch = items[start : start + args.batch_size]
+        batch_speakers = speakers[start : start + args.batch_size]
         gen_kwargs = {k: sampling[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty",
                                                  "gate_threshold", "max_length", "compile")}
         if reference is not None:
@@ -211,7 +302,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        utts = synth.synthesize(batch, None if speaker is None else [speaker] * len(batch),
+        utts = synth.synthesize([it.text for it in batch], None if default_speaker is None else batch_speakers,
                                 generator=generator, **gen_kwargs)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -219,7 +310,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         # Codec tokens are < codebook_size; PAD (if the pipeline keeps it) only follows them.
         lengths = [int((torch.as_tensor(u.tokens) < loaded.model.codebook_size).sum()) for u in utts]
         batch_tokens = sum(lengths)
-        for i, (utt, length) in enumerate(zip(utts, lengths)):
+        for i, (item, utt, length) in enumerate(zip(batch, utts, lengths)):
             index = start + i
             meta = {
                 "index": index,
@@ -238,25 +329,25 @@ def run(args: argparse.Namespace) -> list[dict]:
                 "sample_rate": utt.sample_rate if utt.wav is not None else None,
                 "vocoder": utt.vocoder,
             }
-            metas.append(write_utterance(args.output_dir, f"utt_{index:04d}", utt, length, meta))
+            if item.line is not None:
+                meta["source"] = {"file": args.text_file, "line": item.line}
+            metas.append(write_utterance(args.output_dir, item.stem, utt, length, meta))
             flag = "  (hit max_length: no stop)" if meta["hit_max_length"] else ""
-            print(f"utt_{index:04d}: {length} tokens ({meta['audio_seconds']} s){flag}  {utt.text[:60]!r}")
+            print(f"{item.stem}: {length} tokens ({meta['audio_seconds']} s){flag}  {utt.text[:60]!r}")
             print(f"  spoken as: {utt.normalized_text!r}")  # what the normaliser made of it: the model reads this
         print(f"batch of {len(batch)}: {batch_tokens} tokens in {elapsed:.2f} s = {batch_tokens / elapsed:.1f} tokens/s")
     print(f"wrote {len(metas)} sentence(s) to {args.output_dir}")
     return metas
 
 
-def main(argv: Optional[list[str]] = None) -> list[dict]:
+def main(argv: Optional[list[str]] = None) -> int:
+    """The command: 0 done; 2 and one line ``infer.py: error: ...`` on stderr for bad input.
+
+    A stage that fails unexpectedly (a bug) keeps its traceback. ``run`` returns the metadata."""
     args = parse_args(argv)
-    try:
-        return run(args)
-    except (InferError, CheckpointError, ConfigError, PipelineError) as e:
-        if getattr(e, "bug", False):  # a stage failed unexpectedly: keep the traceback
-            raise
-        # Expected user errors: one clear line, no traceback.
-        sys.exit(f"infer.py: error: {e}")
+    outcome = run_command(PROG, lambda: run(args), bad_input_errors() + (InferError,))
+    return outcome if isinstance(outcome, int) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -373,8 +373,8 @@ def _probe(gen: nn.Module, stft: ISTFT, audio: AudioConfig, path: str, dev: torc
 def check_vocoder_audio(fe: ISTFTNetFE, expected: AudioConfig, what: str = "ISTFTNet directory") -> None:
     """Raise if the vocoder's mel settings differ from ``expected`` (e.g. the pre-encoder's)."""
     if fe.audio is None:
-        raise ValueError(f"{what}: the vocoder's mel settings are unknown")
+        raise ConfigError(f"{what}: the vocoder's mel settings are unknown")
     diffs = audio_mismatch(expected, fe.audio)
     if diffs:
-        raise ValueError(f"{what}: mel settings differ ({'; '.join(diffs)}); the vocoder would receive mels "
+        raise ConfigError(f"{what}: mel settings differ ({'; '.join(diffs)}); the vocoder would receive mels "
                          "it was not trained on")

@@ -52,9 +52,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.corpus import LAYOUTS, Problem, Row, discover
+from training.engine import bad_input_errors
 from utils.audio import check_same_audio, load_wav, mel_spectrogram
 from utils.char_tokenizer import CharTokenizer
+from utils.cli import run_command
 from utils.config import AudioConfig, ConfigError, load_config
+from utils.distributed import pick_device
 from utils.phonemes import make_tokenizer
 from utils.text_normalizer import NORMALIZER_VERSION, verbalises
 
@@ -486,14 +489,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, e.g. model.emotion_input_size=384 (as train.py's --set)")
     args = p.parse_args(argv)
-    try:
-        report = preprocess(args.input_dir, args.output_dir, args.pre_encoder_dir, args.config, args.bert_model,
-                            args.val_fraction, args.workers, args.layout, args.trim_silence, args.batch_size,
-                            args.device, progress=not args.no_progress, text_frontend=args.text_frontend,
-                            overrides=args.set)
-    except (ConfigError, ValueError, OSError) as e:  # setup problems: one line, no traceback
-        print(f"preprocess.py: error: {e}", file=sys.stderr)
-        return 2
+
+    def body() -> dict:
+        pick_device(args.device)  # an unusable or misspelt device is one line, not a failed model load
+        return preprocess(args.input_dir, args.output_dir, args.pre_encoder_dir, args.config, args.bert_model,
+                          args.val_fraction, args.workers, args.layout, args.trim_silence, args.batch_size,
+                          args.device, progress=not args.no_progress, text_frontend=args.text_frontend,
+                          overrides=args.set)
+
+    # OSError too: the recordings and model directories it reads are the user's.
+    report = run_command("preprocess.py", body, bad_input_errors() + (OSError,))
+    if isinstance(report, int):
+        return report
     print_report(report, args.output_dir)
     u = report["utterances"]
     return 0 if u["train"] + u["val"] > 0 else 1

@@ -37,6 +37,13 @@ from utils.config import ConfigError, load_configs
 from utils.distributed import barrier, cleanup, init_distributed
 
 log = logging.getLogger("echolancer.train")
+PROG = "train.py"  # how its error lines begin
+
+# --create_dummy writes random tokens, which teach a model nothing: such a run only shows that the
+# machinery works. The spec's quick start uses the full config/model.yaml and config/train.yaml,
+# whose 100 epochs took over half an hour of a 2-core CPU; these bound it to a few minutes.
+DUMMY_MAX_STEPS = 40  # applied only when training.max_steps is not set (in the file or by --set)
+DUMMY_MAX_TEXT_LEN = 20  # characters; about 4 codec tokens each, so utterances of 15-100 tokens
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_args(p, export_help="only write OUTPUT_DIR/export/echolancer.pt (inference export) from CKPT, "
                                    "or bare: from OUTPUT_DIR/ckpt/best.pt (else the newest checkpoint); no training")
     p.add_argument("--create_dummy", action="store_true",
-                   help="write random valid data into empty --train_data_dir / --val_data_dir first")
+                   help="write random valid data into empty --train_data_dir / --val_data_dir first; without a "
+                        f"training.max_steps the run stops after {DUMMY_MAX_STEPS} steps")
     p.add_argument("--dummy_files", type=int, default=64, help="training files written by --create_dummy")
     p.add_argument("--bert_model", default=None, help="BERT hub name or directory (test interval emotion)")
     p.add_argument("--pre_encoder_dir", default=None, help="exported pre-encoder (codec tokens -> mel)")
@@ -68,8 +76,19 @@ def make_dummy_data(args: argparse.Namespace, model_cfg) -> None:
         if os.path.isdir(directory) and any(n.endswith(".pt") for n in os.listdir(directory)):
             log.info("--create_dummy: %s already has .pt files; leaving them", directory)
             continue
-        create_dummy_data_files(directory, model_cfg, n_files=n, seed=seed)
+        create_dummy_data_files(directory, model_cfg, n_files=n, max_text_len=DUMMY_MAX_TEXT_LEN, seed=seed)
         log.info("--create_dummy: wrote %d dummy files to %s", n, directory)
+
+
+def cap_dummy_run(train_cfg) -> None:
+    """Bound a --create_dummy run that has no step limit of its own, and say so before it starts."""
+    tc = train_cfg.training
+    if tc.max_steps is not None:
+        log.info("--create_dummy: training.max_steps = %d, as set", tc.max_steps)
+        return
+    tc.max_steps = DUMMY_MAX_STEPS
+    log.info("--create_dummy: random data teaches nothing, so this run stops after %d steps (training.max_steps "
+             "is null; --set training.max_steps=N trains longer)", DUMMY_MAX_STEPS)
 
 
 def export_only(args: argparse.Namespace) -> int:
@@ -90,16 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.export is not None:
         setup_logging(args.output_dir)
-        return run_cli(lambda: export_only(args))
-    dist_info = init_distributed(args.device)
-    setup_logging(args.output_dir, dist_info.is_main)
+        return run_cli(lambda: export_only(args), prog=PROG)
+    # Rank from the launcher's environment: the device check below can fail before the group exists.
+    setup_logging(args.output_dir, int(os.environ.get("RANK", "0")) == 0)
 
     def body() -> int:
+        dist_info = init_distributed(args.device)
         set_threads(args.threads)
         if not args.train_data_dir:
             raise ConfigError("--train_data_dir is required for training")
         model_cfg, train_cfg = load_configs(args.model_config, args.train_config, args.overrides)
         if args.create_dummy:
+            cap_dummy_run(train_cfg)
             if dist_info.is_main:
                 make_dummy_data(args, model_cfg)
             barrier()
@@ -115,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE if result.status == "nonfinite" else EXIT_OK
 
     try:
-        return run_cli(body)
+        return run_cli(body, prog=PROG)
     finally:
         cleanup()
 

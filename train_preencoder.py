@@ -61,7 +61,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                  result.export_dir)
         return EXIT_FAILURE if result.status == "nonfinite" else EXIT_OK
 
-    return run_cli(body)
+    return run_cli(body, prog="train_preencoder.py")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import torch
 
 import infer
 from model.echolancer import Echolancer
+from pipeline import PipelineError
 from utils.char_tokenizer import CharTokenizer
 from utils.checkpoint import checkpoint_name
 from utils.config import TrainConfig, config_to_dict, load_config
@@ -38,8 +39,9 @@ def save_checkpoint(path, step: int = 7, seed: int = 0, overrides: tuple[str, ..
     return model
 
 
-def run_infer(*argv: str):
-    return infer.main(["--device", "cpu", "--max_length", "16", *argv])
+def run_infer(*argv: str) -> list[dict]:
+    """The command's work, in process: the metadata of every sentence written."""
+    return infer.run(infer.parse_args(["--device", "cpu", "--max_length", "16", *argv]))
 
 
 def test_checkpoint_file_to_token_files_and_metadata(tmp_path):
@@ -107,10 +109,16 @@ def test_raw_state_dict_with_model_config(tmp_path):
 
 
 def expect_error(*argv: str) -> str:
-    with pytest.raises(SystemExit) as e:
-        run_infer(*argv)
-    assert e.value.code not in (0, None)
-    return str(e.value.code)
+    """Run the command; it must exit 2 with exactly one line on stderr, no traceback. Returns that line."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = infer.main(["--device", "cpu", "--max_length", "16", *argv])
+    lines = err.getvalue().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("infer.py: error: "), err.getvalue()
+    return lines[0]
 
 
 def test_unknown_speaker_id_is_a_clear_error(tmp_path):
@@ -189,6 +197,117 @@ def test_an_unexpected_failure_in_a_stage_keeps_its_traceback(tmp_path, monkeypa
         raise TypeError("a bug in generation")
 
     monkeypatch.setattr(Echolancer, "infer", broken)
-    with pytest.raises(infer.PipelineError, match="a bug in generation") as e:
-        run_infer("--checkpoint", str(tmp_path / "model.pt"), "--output_dir", str(tmp_path / "out"))
+    with pytest.raises(PipelineError, match="a bug in generation") as e:
+        infer.main(["--device", "cpu", "--checkpoint", str(tmp_path / "model.pt"), "--output_dir", str(tmp_path / "out")])
     assert e.value.bug and isinstance(e.value.__cause__, TypeError)
+
+
+# ---- batch synthesis from a file ----------------------------------------------------------------
+
+
+def write_lines(path, *objects) -> str:
+    path.write_text("".join((o if isinstance(o, str) else json.dumps(o)) + "\n" for o in objects), encoding="utf-8")
+    return str(path)
+
+
+def greedy_tokens(model, text: str, speaker: int) -> list[int]:
+    ids = torch.tensor([CharTokenizer().encode(text)])
+    return model.infer(torch.tensor([speaker]), ids, torch.tensor([ids.shape[1]]), max_length=16,
+                       temperature=0.0).tokens[0].tolist()
+
+
+def test_jsonl_lines_are_spoken_in_batches_by_their_own_speaker_into_their_own_files(tmp_path):
+    model = save_checkpoint(tmp_path / "m.pt")
+    with torch.no_grad():  # an untrained model's speaker embeddings are too small to change its tokens
+        model.speaker_embed.weight.normal_(0.0, 3.0, generator=torch.Generator().manual_seed(0))
+    ck = torch.load(tmp_path / "m.pt", weights_only=True)
+    torch.save({**ck, "model": model.state_dict()}, tmp_path / "m.pt")
+    lines = write_lines(tmp_path / "lines.jsonl",
+                        {"text": "Hello there.", "speaker": 2, "id": "greeting"},
+                        "",  # blank lines are skipped, and do not shift the numbering
+                        {"text": "Hello there.", "speaker": 0},
+                        {"text": "A third one.", "name": "third"})
+    out = tmp_path / "out"
+    metas = run_infer("--checkpoint", str(tmp_path / "m.pt"), "--text_file", lines, "--speaker_id", "1",
+                      "--batch_size", "2", "--temperature", "0", "--output_dir", str(out))
+    assert sorted(p.name for p in out.glob("*.json")) == ["greeting.json", "third.json", "utt_0001.json"]
+    assert [m["speaker"] for m in metas] == [2, 0, 1]  # the third line has no speaker: --speaker_id
+    assert [m["source"]["line"] for m in metas] == [1, 3, 4]
+    # Each line's tokens are what its own speaker gives alone, although it was generated in a batch
+    # with another speaker; the same text by speakers 2 and 0 differs, so the speaker was used.
+    got = {stem: np.load(out / f"{stem}.tokens.npy").tolist() for stem in ("greeting", "utt_0001", "third")}
+    assert got["greeting"] == greedy_tokens(model, "Hello there.", 2)
+    assert got["utt_0001"] == greedy_tokens(model, "Hello there.", 0)
+    assert got["third"] == greedy_tokens(model, "A third one.", 1)
+    assert got["greeting"] != got["utt_0001"]
+
+
+def test_a_text_file_gives_one_16_bit_wav_per_non_empty_line(tmp_path):
+    import soundfile as sf
+
+    import train_preencoder as tp
+    from model.preencoder import PreEncoder
+    from utils.config.preencoder import PreEncoderConfig
+
+    torch.manual_seed(0)
+    pe_cfg = load_config("config/preencoder_tiny.yaml", schema=PreEncoderConfig)
+    tp.export_preencoder(PreEncoder.from_config(pe_cfg), pe_cfg, str(tmp_path / "pe"))
+    save_checkpoint(tmp_path / "m.pt")
+    lines = write_lines(tmp_path / "lines.txt", "One.", "", "   ", "Two words.", "Three more words.")
+    out = tmp_path / "out"
+    metas = run_infer("--checkpoint", str(tmp_path / "m.pt"), "--text_file", lines, "--max_length", "6",
+                      "--pre_encoder_dir", str(tmp_path / "pe"), "--output_dir", str(out))
+    assert sorted(p.name for p in out.glob("*.wav")) == ["utt_0000.wav", "utt_0001.wav", "utt_0002.wav"]
+    assert [m["text"] for m in metas] == ["One.", "Two words.", "Three more words."]
+    for m in metas:
+        info = sf.info(str(out / m["files"]["wav"]))
+        assert info.subtype == "PCM_16" and info.frames == m["length"] * 256 and m["vocoder"] == "griffin_lim"
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ({"speaker": 1}, "'text' is required"),
+    ({"text": "Hi.", "voice": 1}, "unknown key(s) 'voice'; allowed keys: text, speaker, id, name"),
+    ({"text": "Hi.", "speaker": 4}, "speaker 4 is not a speaker of this model: allowed ids are 0..3"),
+    ({"text": "Hi.", "speaker": -1}, "speaker -1 is not a speaker of this model: allowed ids are 0..3"),
+    ({"text": "Hi.", "speaker": "2"}, "'speaker' must be an integer speaker id"),
+    ({"text": "Hi.", "id": "../escape"}, "cannot be a file name"),
+    ({"text": "Hi.", "id": "first"}, "file name 'first' is already taken by line 1"),
+    ('{"text": "Hi."', "not valid JSON"),
+])
+def test_a_bad_jsonl_line_is_one_error_naming_its_line_before_any_synthesis(tmp_path, monkeypatch, line, expected):
+    save_checkpoint(tmp_path / "m.pt")
+
+    def no_synthesis(*args, **kwargs):
+        raise AssertionError("synthesis started before the file was checked")
+
+    monkeypatch.setattr(infer, "build_synthesizer", no_synthesis)
+    lines = write_lines(tmp_path / "lines.jsonl", {"text": "Fine.", "id": "first"}, line)
+    msg = expect_error("--checkpoint", str(tmp_path / "m.pt"), "--text_file", lines,
+                       "--output_dir", str(tmp_path / "o"))
+    assert f"{lines} line 2: " in msg and expected in msg
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_file_run_refuses_to_replace_earlier_outputs_unless_overwrite(tmp_path):
+    save_checkpoint(tmp_path / "m.pt")
+    lines = write_lines(tmp_path / "lines.txt", "First.", "Second.")
+    out = tmp_path / "out"
+    argv = ("--checkpoint", str(tmp_path / "m.pt"), "--text_file", lines, "--output_dir", str(out), "--seed", "1")
+    assert infer.main(["--device", "cpu", "--max_length", "16", *argv]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    msg = expect_error(*argv, "--seed", "2")
+    assert f"--output_dir {out} already has utt_0000.tokens.npy and 9 more file(s)" in msg and "--overwrite" in msg
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing was touched
+
+    assert infer.main(["--device", "cpu", "--max_length", "16", *argv, "--seed", "2", "--overwrite"]) == 0
+    assert (out / "utt_0000.tokens.npy").read_bytes() != before["utt_0000.tokens.npy"]  # replaced: seed 2
+    # --text runs keep replacing their utt_NNNN files, as they always did.
+    assert infer.main(["--device", "cpu", "--max_length", "16", "--checkpoint", str(tmp_path / "m.pt"),
+                       "--text", "Another.", "--output_dir", str(out)]) == 0
+    assert json.loads((out / "utt_0000.json").read_text())["text"] == "Another."
+
+
+def test_a_missing_checkpoint_is_one_line_and_exit_status_2(tmp_path):
+    msg = expect_error("--checkpoint", str(tmp_path / "nope.pt"), "--text", "Hello.")
+    assert msg == f"infer.py: error: {tmp_path / 'nope.pt'}: checkpoint file not found"

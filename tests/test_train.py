@@ -275,3 +275,27 @@ def test_a_failing_pipeline_stage_saves_the_step_and_stops_the_run_naming_the_st
     assert code == 2
     assert load_checkpoint(out / "ckpt")["step"] == 2  # the state of the failing step is kept
     assert "vocoder" in (out / "train.log").read_text()
+
+
+@pytest.mark.usefixtures("no_wandb")
+def test_create_dummy_without_a_step_limit_stops_at_the_dummy_cap_and_says_so_first(tmp_path, monkeypatch):
+    # Before: the README quick start (--create_dummy, config/train.yaml without max_steps) ran all
+    # 100 epochs of random data, 400 steps of over 6 s each on a 2-core CPU.
+    import train
+
+    monkeypatch.setattr(train, "DUMMY_MAX_STEPS", 3)
+    argv = ["--model_config", MODEL_CFG, "--train_config", TRAIN_CFG, "--create_dummy", "--dummy_files", "8",
+            "--set", "training.max_steps=null", "--set", "training.batch_size=2", "--set", "training.val_step=1000"]
+    assert train_main(argv + ["--train_data_dir", str(tmp_path / "a"), "--output_dir", str(tmp_path / "ra")]) == 0
+    assert load_checkpoint(tmp_path / "ra" / "ckpt")["step"] == 3  # 8 files / 2 = 4 steps an epoch: the cap stopped it
+    first = (tmp_path / "ra" / "train.log").read_text().splitlines()[0]  # before anything else happens
+    assert "--create_dummy: random data teaches nothing, so this run stops after 3 steps" in first
+    assert "--set training.max_steps=N" in first
+    texts = [torch.load(tmp_path / "a" / name, weights_only=True)["text"] for name in os.listdir(tmp_path / "a")
+             if name.endswith(".pt")]
+    assert max(len(t) for t in texts) <= train.DUMMY_MAX_TEXT_LEN
+
+    # A limit the user set is kept.
+    argv[argv.index("training.max_steps=null")] = "training.max_steps=5"
+    assert train_main(argv + ["--train_data_dir", str(tmp_path / "a"), "--output_dir", str(tmp_path / "rb")]) == 0
+    assert load_checkpoint(tmp_path / "rb" / "ckpt")["step"] == 5

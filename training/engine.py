@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from utils.checkpoint import BEST_NAME, CheckpointError, list_checkpoints
+from utils.cli import EXIT_BAD_INPUT, error_line
 from utils.config import ConfigError
 
 log = logging.getLogger("echolancer.train")
@@ -31,7 +32,7 @@ log = logging.getLogger("echolancer.train")
 # Exit codes of every command-line trainer (README "Exit codes").
 EXIT_OK = 0  # finished, early-stopped, or stopped by a signal after saving
 EXIT_FAILURE = 1  # training failed (non-finite losses, a bug: the traceback is in the log)
-EXIT_BAD_INPUT = 2  # bad config, data, checkpoint or output directory: one clear line
+# EXIT_BAD_INPUT (2, from utils.cli): bad config, data, checkpoint, output directory or device: one line
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,9 +442,17 @@ def resolve_resume(resume: Optional[str], output_dir: str) -> Optional[str]:
 # --------------------------------------------------------------------------------------------
 
 
+def _for_the_console(record: logging.LogRecord) -> bool:
+    # run_cli prints a bad-input error on stderr itself, in the form every command uses; the log
+    # record of it is for train.log only, so stderr shows the error once.
+    return getattr(record, "console", True)
+
+
 def setup_logging(output_dir: Optional[str], is_main: bool = True, filename: str = "train.log") -> None:
     """INFO to stderr and (main process) ``<output_dir>/<filename>``; other ranks log warnings only."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    console = logging.StreamHandler(sys.stderr)
+    console.addFilter(_for_the_console)
+    handlers: list[logging.Handler] = [console]
     if is_main and output_dir:
         os.makedirs(output_dir, exist_ok=True)
         handlers.append(logging.FileHandler(os.path.join(output_dir, filename)))
@@ -466,20 +475,30 @@ def add_common_args(p: argparse.ArgumentParser, export_help: str) -> None:
 
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad config, data or checkpoint: one line, exit status 2."""
+    """Exceptions that mean bad config, data, checkpoint, path or device: one line, exit status 2.
+
+    The one list every command uses (with ``utils.cli``); anything else is a bug and keeps its
+    traceback."""
     from data.dataset import DataError
+    from istftnetfe import ISTFTNetDirError
     from pipeline import PipelineError
+    from scripted_preencoder import PreEncoderDirError
+    from utils.distributed import CudaUnavailableError
+    from utils.phonemes import G2PUnavailable
 
-    return (ConfigError, CheckpointError, DataError, PipelineError, FileNotFoundError)
+    return (ConfigError, CheckpointError, DataError, PipelineError, PreEncoderDirError, ISTFTNetDirError,
+            CudaUnavailableError, G2PUnavailable, FileNotFoundError, NotADirectoryError)
 
 
-def run_cli(body: Callable[[], int], extra_bad_input: Iterable[type[BaseException]] = ()) -> int:
+def run_cli(body: Callable[[], int], extra_bad_input: Iterable[type[BaseException]] = (),
+            prog: Optional[str] = None) -> int:
     """Run a trainer's body with the documented exit codes.
 
-    Bad input prints one line (exit 2); any other exception is a bug or a failure and keeps its
-    traceback in the log (exit 1).
+    Bad input prints one line, ``prog: error: message``, on stderr (exit 2; train.log gets it too);
+    any other exception is a bug or a failure and keeps its traceback in the log (exit 1).
     """
     bad = bad_input_errors() + tuple(extra_bad_input)
+    prog = prog or os.path.basename(sys.argv[0])
     log_ = logging.getLogger("echolancer")
     try:
         return body()
@@ -487,7 +506,10 @@ def run_cli(body: Callable[[], int], extra_bad_input: Iterable[type[BaseExceptio
         if getattr(e, "bug", False):  # a PipelineError wrapping an unexpected exception
             log_.exception("failed")
             return EXIT_FAILURE
-        log_.error("error: %s", e)
+        line = error_line(prog, e)
+        if logging.getLogger().handlers:  # without any, logging would print the record on stderr too
+            log_.error("%s", line, extra={"console": False})
+        print(line, file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     except Exception:
         log_.exception("failed")

@@ -28,7 +28,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from utils.config import AudioConfig
+from utils.config import AudioConfig, ConfigError
 
 LOG_CLAMP = 1.0e-5  # floor of the mel magnitude before the log: log(1e-5) ~ -11.5 is "silence"
 
@@ -222,7 +222,7 @@ def check_same_audio(expected: AudioConfig, got: AudioConfig, what: str) -> None
     """Raise if ``got`` (the settings of ``what``, e.g. a pre-encoder directory) differs from ``expected``."""
     diffs = audio_mismatch(expected, got)
     if diffs:
-        raise ValueError(f"{what}: audio settings differ from the model's ({'; '.join(diffs)}); "
+        raise ConfigError(f"{what}: audio settings differ from the model's ({'; '.join(diffs)}); "
                          "mels made with different settings are not interchangeable")
 
 

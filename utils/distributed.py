@@ -14,6 +14,8 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from utils.config import ConfigError
+
 
 @dataclass
 class DistInfo:
@@ -90,7 +92,10 @@ def pick_device(requested: Optional[str] = None, local_rank: int = 0) -> torch.d
         if marker:
             raise CudaUnavailableError(cuda_unusable_message(f"this machine has an NVIDIA GPU ({marker})"))
         return torch.device("cpu")
-    dev = torch.device(requested)
+    try:
+        dev = torch.device(requested)
+    except RuntimeError:
+        raise ConfigError(f"--device {requested!r}: not a device; use cpu, cuda, cuda:N (or auto)") from None
     if dev.type != "cuda":
         return dev
     if not torch.cuda.is_available():
