@@ -33,6 +33,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -40,8 +41,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model.alignment import alignment_loss, alignment_prior, prior_weight  # noqa: E402
 from model.echolancer import Echolancer  # noqa: E402
-from model.generation import generate  # noqa: E402
+from model.generation import generate, length_ratio_stats  # noqa: E402
 from model.loss import EcholancerLoss  # noqa: E402
+from model.tracking import TrackingParams, alignment_report, tracking_params  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.config.train import AlignmentConfig  # noqa: E402
 
@@ -133,23 +135,32 @@ def teacher_forced_accuracy(model: Echolancer, b: dict) -> float:
     return float(((out.logits.argmax(-1) == out.targets) & valid).sum() / valid.sum())
 
 
-def decode_metrics(model: Echolancer, b: dict, batch_size: int = 50) -> dict[str, float]:
-    exact = first = never = 0
-    dist = ratio = 0.0
+def decode_metrics(model: Echolancer, b: dict, batch_size: int = 50,
+                   tracking: Optional[TrackingParams] = None) -> dict[str, float]:
+    """Greedy decoding of ``b``: exact match, edit distance, first token, rows that never stopped,
+    length ratio, and from the attention: coverage of the text and backward jumps per string."""
+    exact = first = never = back = 0
+    dist = ratio = cover = 0.0
     n = len(b["targets"])
     for s in range(0, n, batch_size):
         idx = slice(s, s + batch_size)
         targets = b["targets"][idx]
         max_len = int(max(map(len, targets)) * 2 + 10)
-        res = generate(model, None, b["texts"][idx], b["src_lens"][idx], max_length=max_len, temperature=0.0)
+        res = generate(model, None, b["texts"][idx], b["src_lens"][idx], max_length=max_len, temperature=0.0,
+                       tracking=tracking, record_alignment=True)
         for i, tgt in enumerate(targets):
             got = res.tokens[i, : int(res.lengths[i])].tolist()
+            ran = int(res.lengths[i]) + (0 if res.hit_max_length[i] else 1)
+            a = alignment_report(res.attended[i], ran, int(b["src_lens"][idx][i]))
+            cover += a["coverage"]
+            back += a["backward_jumps"]
             exact += got == tgt
             first += bool(got) and got[0] == tgt[0]
             never += bool(res.hit_max_length[i])
             dist += edit_distance(got, tgt) / len(tgt)
             ratio += len(got) / len(tgt)
-    return {"exact": exact / n, "edit": dist / n, "first": first / n, "never": never / n, "len_ratio": ratio / n}
+    return {"exact": exact / n, "edit": dist / n, "first": first / n, "never": never / n, "len_ratio": ratio / n,
+            "coverage": cover / n, "back": back / n}
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,15 +239,28 @@ def run_variant(a: RunArgs) -> dict:
            "steps_to_0.9": steps_to_09, "curve": curve, "tf_acc": teacher_forced_accuracy(model, held_in)}
     res["in"] = decode_metrics(model, held_in)
     res["long"] = decode_metrics(model, held_long)
+    # The same model with alignment-tracked decoding, thresholds from the training strings' ratios.
+    train_b = task.batch(task.strings(500, 5, 30, torch.Generator().manual_seed(a.seed + 2)), model.pad_id)
+    stats = length_ratio_stats(train_b["src_lens"].tolist(), train_b["mel_lens"].tolist())
+    track = tracking_params(stats)
+    res["tracked"] = {"in": decode_metrics(model, held_in, tracking=track),
+                      "long": decode_metrics(model, held_long, tracking=track)}
     return res
 
 
 def _row(r: dict) -> str:
-    i, L = r["in"], r["long"]
-    return (f"| {r['name']} | {r['steps']} | {r['tf_acc']:.3f} | {i['exact']:.2f} | {i['edit']:.3f} | "
-            f"{i['first']:.2f} | {i['never']:.2f} | {i['len_ratio']:.2f} | "
-            f"{L['exact']:.2f} / {L['edit']:.3f} / {L['never']:.2f} / {L['len_ratio']:.2f} | "
+    """The variant's row and, below it, the same model decoded with alignment tracking."""
+    rows = []
+    for name, m in ((r["name"], r), (f"{r['name']} + tracking", r.get("tracked"))):
+        if m is None:
+            continue
+        i, L = m["in"], m["long"]
+        rows.append(
+            f"| {name} | {r['steps']} | {r['tf_acc']:.3f} | {i['exact']:.2f} | {i['edit']:.3f} | "
+            f"{i['first']:.2f} | {i['never']:.2f} | {i['len_ratio']:.2f} | {i['coverage']:.2f} / {i['back']:.2f} | "
+            f"{L['exact']:.2f} / {L['edit']:.3f} / {L['never']:.2f} / {L['len_ratio']:.2f} / {L['coverage']:.2f} | "
             f"{r['steps_to_0.9'] if r['steps_to_0.9'] is not None else '—'} |")
+    return "\n".join(rows)
 
 
 def _curve(r: dict) -> str:
@@ -253,8 +277,8 @@ def _run_logged(a: RunArgs) -> dict:
 
 def print_table(results: list[dict]) -> None:
     print("\n| variant | steps | tf acc | exact | edit dist | first tok | never stopped | len ratio "
-          "| long: exact / edit / never / len ratio | steps→0.9 |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| coverage / back jumps | long: exact / edit / never / len ratio / coverage | steps→0.9 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(_row(r))
     print()
