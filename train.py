@@ -5,6 +5,7 @@
     torchrun --nproc_per_node 8 train.py ...                     # one process per GPU (DDP)
     python train.py ... --resume                                # newest checkpoint of OUTPUT_DIR/ckpt
     python train.py ... --resume outputs/run1/ckpt/ckpt_000001000.pt
+    python train.py ... --init_from outputs/run1/export --output_dir outputs/ft1   # fine-tune: weights only
     python train.py ... --set training.max_steps=100 --set model.decoder.layer=2
     python train.py --output_dir outputs/run1 --export [CKPT]   # only write the inference export
 
@@ -55,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output_dir", default="outputs/echolancer", help="checkpoints, export, samples, W&B run, logs")
     add_common_args(p, export_help="only write OUTPUT_DIR/export/echolancer.pt (inference export) from CKPT, "
                                    "or bare: from OUTPUT_DIR/ckpt/best.pt (else the newest checkpoint); no training")
+    p.add_argument("--init_from", default=None, metavar="RUN_OR_EXPORT",
+                   help="start a new run from trained weights only (not optimizer, step or RNG): an inference "
+                        "export (file or export/ directory), a checkpoint file or a ckpt/ directory (newest); "
+                        "model.n_speaker and model.vocab_size may grow, the rest of the architecture must match")
     p.add_argument("--create_dummy", action="store_true",
                    help="write random valid data into empty --train_data_dir / --val_data_dir first; without a "
                         f"training.max_steps the run stops after {DUMMY_MAX_STEPS} steps")
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = RunPaths(
             args.train_data_dir, args.val_data_dir, args.output_dir, resolve_resume(args.resume, args.output_dir),
             args.bert_model, args.pre_encoder_dir, args.istftnet_dir, args.test_sentences or [],
-            args.test_speakers or [], overwrite=args.overwrite,
+            args.test_speakers or [], overwrite=args.overwrite, init_from=args.init_from,
         )
         result = Trainer(model_cfg, train_cfg, paths, dist_info).train()
         barrier()  # every rank is done with collectives before any tears the group down

@@ -61,6 +61,7 @@ from training.engine import (
     training_attention,
     worker_init_fn,
 )
+from training.init_from import freeze_parts, init_from_pretrained
 from training.test_interval import TestInterval
 from utils.checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
 from utils.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict
@@ -92,6 +93,7 @@ class RunPaths:
     test_sentences: list[str] = field(default_factory=list)
     test_speakers: list[int] = field(default_factory=list)
     overwrite: bool = False  # a fresh run may replace another run's checkpoints (moved aside)
+    init_from: Optional[str] = None  # a new run from these trained weights (training/init_from.py)
     export: bool = True  # write <output_dir>/export/echolancer.pt when training ends
 
 
@@ -116,7 +118,7 @@ class Trainer:
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, paths: RunPaths, dist_info: DistInfo) -> None:
         self.mcfg, self.tcfg, self.paths, self.dist = model_cfg, train_cfg, paths, dist_info
         tc = train_cfg.training
-        prepare_output_dir(paths.output_dir, paths.resume, paths.overwrite, dist_info.is_main)
+        prepare_output_dir(paths.output_dir, paths.resume, paths.overwrite, dist_info.is_main, paths.init_from)
         self.device = dist_info.device
         self.precision = resolve_precision(tc.precision, self.device)
         self.ckpt_dir = os.path.join(paths.output_dir, "ckpt")
@@ -131,6 +133,18 @@ class Trainer:
         seed_everything(tc.seed)
         self.model = Echolancer.from_config(model_cfg).to(self.device)
         seed_everything(tc.seed + dist_info.rank)
+        # The weights' source, saved in every checkpoint (a resumed run reads it back) and the W&B config.
+        self.init_from: Optional[str] = None
+        grown: dict = {}
+        if paths.init_from:
+            source = init_from_pretrained(self.model, model_cfg, self.tokenizer, paths.init_from, paths.output_dir)
+            self.init_from, grown = source.path, source.grown
+            if dist_info.is_main:
+                log.info("%s", source.describe())
+        n_frozen = freeze_parts(self.model, tc.freeze, grown)
+        if tc.freeze and dist_info.is_main:
+            log.info("training.freeze: %s held fixed (%d of %d parameters; not in the optimizer)",
+                     ", ".join(tc.freeze), n_frozen, self.model.num_parameters())
 
         self.train_set = EcholancerDataset(paths.train_data_dir, model_cfg, seed=tc.seed)
         self.val_set = EcholancerDataset(paths.val_data_dir, model_cfg, seed=tc.seed) if paths.val_data_dir else None
@@ -190,7 +204,8 @@ class Trainer:
             run_name=train_cfg.wandb.run_name, entity=train_cfg.wandb.entity, enabled=dist_info.is_main,
             config={"model": config_to_dict(model_cfg), "train": config_to_dict(train_cfg),
                     "n_parameters": self.model.num_parameters(), "world_size": dist_info.world_size,
-                    "precision": self.precision, "optimizer_impl": self.optimizer_impl},
+                    "precision": self.precision, "optimizer_impl": self.optimizer_impl,
+                    "init_from": self.init_from},
             run_id=self.wandb_run_id,
         )
         if dist_info.is_main:
@@ -217,9 +232,11 @@ class Trainer:
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         oc = self.tcfg.optimizer
-        # No weight decay on biases, norms and embeddings' gains (1-D parameters).
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        # No weight decay on biases, norms and embeddings' gains (1-D parameters). Frozen parameters
+        # (training.freeze) stay out: weight decay would otherwise still move them.
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in trained if p.dim() >= 2]
+        no_decay = [p for p in trained if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": oc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return build_adam(oc.type, groups, self.optimizer_impl, lr=oc.learning_rate, betas=tuple(oc.betas),
                           eps=oc.eps)
@@ -268,6 +285,7 @@ class Trainer:
             "special_tokens": {"codebook_size": m.codebook_size, "bos_id": m.bos_id, "eos_id": m.eos_id,
                                "pad_id": m.pad_id},
             "length_stats": self.length_stats,
+            "init_from": self.init_from,
         }
 
     def save(self, val_loss: Optional[float] = None, rng: Optional[dict] = None) -> Optional[str]:
@@ -297,6 +315,12 @@ class Trainer:
             for section in (saved, current):
                 section.pop("attention_backend", None)
             check_resume_compatible(where, {"model": (saved, current)})
+        # The optimizer's parameter groups depend on what is frozen: a change would not load.
+        saved_freeze = list((ck.get("train_config") or {}).get("training", {}).get("freeze", []))
+        if saved_freeze != list(self.tcfg.training.freeze):
+            raise ConfigError(f"{where}: training.freeze was {saved_freeze} in the checkpoint and is "
+                              f"{list(self.tcfg.training.freeze)} now; a resumed run keeps what it froze")
+        self.init_from = ck.get("init_from")
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         saved_total = ck.get("total_steps")

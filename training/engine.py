@@ -318,12 +318,16 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[tup
     return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def check_resume_compatible(source: str, sections: dict[str, tuple[dict, dict]]) -> None:
-    """Refuse to resume when a section that defines the weights changed.
+RESUME_HINT = "A resumed run keeps the architecture and audio settings it was started with"
+
+
+def check_resume_compatible(source: str, sections: dict[str, tuple[dict, dict]], hint: str = RESUME_HINT) -> None:
+    """Refuse to resume (or to start from trained weights) when a section that defines the weights changed.
 
     Args:
         source: the checkpoint (for the message).
         sections: ``name -> (saved dict, current dict)``, e.g. ``{"model": (ck_model, cfg_model)}``.
+        hint: the message's last sentence: what the user can do about it.
     Raises:
         ConfigError: naming every differing key with its checkpoint and current values.
     """
@@ -335,8 +339,7 @@ def check_resume_compatible(source: str, sections: dict[str, tuple[dict, dict]])
                         for name, d in diffs.items())
     details = "; ".join(f"{name}.{k}: {old!r} in the checkpoint, {new!r} now"
                         for name, d in diffs.items() for k, old, new in d)
-    raise ConfigError(f"{source}: the checkpoint's settings differ from --config ({summary}): {details}. "
-                      "A resumed run keeps the architecture and audio settings it was started with")
+    raise ConfigError(f"{source}: the checkpoint's settings differ from --config ({summary}): {details}. {hint}")
 
 
 def apply_optimizer_settings(source: str, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -399,17 +402,25 @@ def run_has_checkpoints(ckpt_dir: str) -> bool:
 
 
 def prepare_output_dir(output_dir: str, resume: Optional[str], overwrite: bool = False,
-                       is_main: bool = True) -> None:
+                       is_main: bool = True, init_from: Optional[str] = None) -> None:
     """Refuse to start a fresh run over another run's checkpoints.
 
     A fresh run (no ``resume``) into an ``output_dir`` whose ``ckpt/`` holds checkpoints is a
     :class:`ConfigError` unless ``overwrite``: then the old ``ckpt/`` is moved aside to
     ``ckpt.replaced-<time>/`` (never deleted), so rotation and ``--resume <dir>/ckpt`` only ever see
-    the new run.
+    the new run. A run started from trained weights (``init_from``) is always new: it cannot resume,
+    and it refuses an ``output_dir`` that holds checkpoints even with ``overwrite`` (the source is
+    often that very run).
     """
     ckpt_dir = os.path.join(output_dir, "ckpt")
     if resume is not None and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: pick one")
+    if init_from is not None and resume is not None:
+        raise ConfigError("--init_from and --resume contradict each other: --init_from starts a new run from "
+                          "trained weights only, --resume continues a run with its optimizer, step and RNG state")
+    if init_from is not None and run_has_checkpoints(ckpt_dir):
+        raise ConfigError(f"--output_dir {output_dir} already holds a run's checkpoints: --init_from starts a new "
+                          "run, so give it a new --output_dir (or continue that run with --resume, without --init_from)")
     if resume is not None or not run_has_checkpoints(ckpt_dir):
         return
     if not overwrite:

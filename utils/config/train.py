@@ -7,6 +7,10 @@ from typing import Literal, Optional
 
 from utils.config.core import require
 
+# Parts of the Echolancer model that ``training.freeze`` can hold fixed (training/init_from.py maps
+# each to its submodules).
+Freezable = Literal["encoder", "decoder", "text_embedding", "speaker_embedding"]
+
 # --------------------------------------------------------------------------------------------
 # Training config (config/train.yaml)
 # --------------------------------------------------------------------------------------------
@@ -130,8 +134,11 @@ class TrainingSection:
     test_speakers: list[int] = field(default_factory=lambda: [0])
     test_max_length: int = 1000  # codec tokens per test utterance (bounds generation time)
     test_temperature: float = 1.0  # 0 = greedy
+    # Parts kept fixed (no gradient, not in the optimizer): mostly for fine-tuning (train.py --init_from).
+    freeze: list[Freezable] = field(default_factory=list)
 
     def check(self) -> None:
+        require(len(set(self.freeze)) == len(self.freeze), f"freeze names a part twice: {self.freeze}")
         require(self.batch_size > 0, "batch_size must be > 0")
         require(self.grad_acc_step >= 1, "grad_acc_step must be >= 1")
         require(self.epochs >= 1, "epochs must be >= 1")
