@@ -478,6 +478,9 @@ def test_cuda_graph_is_captured_once_and_replayed_by_later_calls(monkeypatch):
     assert len(captures) == 1
     generate(model, spk, texts, lens, max_length=MAX_LEN + 8, temperature=0.0, compile=True)
     assert len(captures) == 2  # another max_length: another graph
+    import copy
+
+    assert len(decoders_for(copy.deepcopy(model))) == 0  # captured graphs are not copied
 
 
 def test_reused_decode_state_does_not_keep_the_model_alive(monkeypatch):
