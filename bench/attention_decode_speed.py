@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import model.generation as generation  # noqa: E402
+import model.decode_cache as decode_cache  # noqa: E402
 from model.echolancer import Echolancer  # noqa: E402
 from model.generation import generate  # noqa: E402
 from utils.config import load_config  # noqa: E402
@@ -112,14 +112,14 @@ def bench_decode(args, device: torch.device, overrides: list[str]) -> list[dict]
     rows = []
     model = build(overrides, "sdpa", device, args.config).eval()
     captures = []
-    step_cls = generation.CudaGraphStep
+    step_cls = decode_cache.CudaGraphStep
 
     class Counting(step_cls):
         def __init__(self, *a, **k):
             captures.append(1)
             super().__init__(*a, **k)
 
-    generation.CudaGraphStep = Counting
+    decode_cache.CudaGraphStep = Counting
     try:
         for B in args.decode_batches:
             g = torch.Generator().manual_seed(B)
@@ -146,7 +146,7 @@ def bench_decode(args, device: torch.device, overrides: list[str]) -> list[dict]
                         row["tokens_equal_eager"] = bool(torch.equal(res.tokens, ref["_tokens"]))
                     rows.append(row)
     finally:
-        generation.CudaGraphStep = step_cls
+        decode_cache.CudaGraphStep = step_cls
     for r in rows:
         r.pop("_tokens", None)
     return rows

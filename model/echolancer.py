@@ -238,7 +238,7 @@ class Echolancer(nn.Module):
         self.register_buffer("dec_slopes", alibi_slopes(dec.head, cfg.alibi_alpha), persistent=False)
         # Default (min, max) audio tokens per text token for :meth:`infer`; set by training and by
         # ``model.pretrained.load_echolancer`` from the model config's ``generation`` section and the
-        # training data's statistics (``model.generation.length_bounds``). None = unbounded.
+        # training data's statistics (``model.generation_defaults``). None = unbounded.
         self.length_bounds: tuple[Optional[float], Optional[float]] = (None, None)
         # Default monotonic attention window of :meth:`infer` (``generation.attention_window``), set
         # the same way. None = the decoder attends to all of the text.
@@ -508,11 +508,14 @@ class Echolancer(nn.Module):
 
         Unless given, ``min/max_tokens_per_text_token`` default to :attr:`length_bounds`,
         ``attention_window`` to :attr:`attention_window` and ``tracking`` to :attr:`tracking`.
+        A ``params`` object (:class:`model.sampling.SamplingParams`) is taken as it is: it already
+        says all of them.
         """
         from model.generation import generate
 
-        kwargs.setdefault("min_tokens_per_text_token", self.length_bounds[0])
-        kwargs.setdefault("max_tokens_per_text_token", self.length_bounds[1])
-        kwargs.setdefault("attention_window", self.attention_window)
-        kwargs.setdefault("tracking", self.tracking)
+        if "params" not in kwargs:
+            kwargs.setdefault("min_tokens_per_text_token", self.length_bounds[0])
+            kwargs.setdefault("max_tokens_per_text_token", self.length_bounds[1])
+            kwargs.setdefault("attention_window", self.attention_window)
+            kwargs.setdefault("tracking", self.tracking)
         return generate(self, speakers, texts, src_lens, em_hidden=em_hidden, **kwargs)

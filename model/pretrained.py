@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from model.echolancer import Echolancer
-from model.generation import configure_generation
+from model.generation_defaults import configure_generation
 from utils.char_tokenizer import CharTokenizer
 from utils.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from utils.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict, load_config

@@ -41,7 +41,7 @@ from model.alignment import (
     prior_weight,
 )
 from model.echolancer import Echolancer
-from model.generation import configure_generation, length_ratio_stats
+from model.generation_defaults import configure_generation, length_ratio_stats
 from model.loss import EcholancerLoss
 from model.pretrained import export_echolancer
 from pipeline import PipelineError

@@ -14,8 +14,10 @@ import pytest
 import torch
 from torch import nn
 
+from model.decode_cache import decoders_for
 from model.echolancer import Echolancer
-from model.generation import apply_repetition_penalty, filter_top_k_top_p, generate
+from model.generation import generate
+from model.sampling import apply_repetition_penalty, filter_top_k_top_p
 from utils.config import load_config
 
 MAX_LEN = 40
@@ -355,7 +357,7 @@ def test_bad_length_bounds_are_named(kwargs):
 
 
 def test_sampling_draws_each_token_with_its_probability():
-    from model.generation import choose_tokens
+    from model.sampling import choose_tokens
 
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
     logits = probs.clamp(min=1e-30).log().expand(40_000, -1)
@@ -367,7 +369,7 @@ def test_sampling_draws_each_token_with_its_probability():
 
 
 def test_length_bounds_come_from_the_data_unless_the_config_sets_them():
-    from model.generation import length_bounds, length_ratio_stats
+    from model.generation_defaults import length_bounds, length_ratio_stats
 
     stats = length_ratio_stats([10, 20, 4], [50, 60, 40])  # ratios 5, 3, 10
     assert stats["min_tokens_per_text_token"] == 3.0 and stats["max_tokens_per_text_token"] == 10.0
@@ -399,19 +401,19 @@ def test_reused_decode_state_gives_the_tokens_of_a_fresh_state(monkeypatch):
     assert not torch.equal(fresh[0].tokens, fresh[1].tokens)  # the calls really differ
     # The CPU runs eager decode_step on the reusable state (the CUDA path replays a graph on it).
     monkeypatch.setattr(generation, "_uses_static_decoder", lambda device, compile: True)
-    generation._DECODERS.pop(model, None)
+    decoders_for(model).clear()
     states, pointers = [], []
     for ((t, lens), em), ref in zip(calls, fresh):
         res = generate(model, spk, t, lens, em_hidden=em, max_length=MAX_LEN, temperature=0.0)
         assert torch.equal(res.tokens, ref.tokens) and torch.equal(res.lengths, ref.lengths)
         torch.testing.assert_close(res.gate, ref.gate, atol=1e-5, rtol=1e-4)
-        decoders = generation._DECODERS[model][1]
+        decoders = decoders_for(model).entries
         static = next(reversed(decoders.values()))[0]
         states.append(static)
         pointers.append([kb.data_ptr() for kb, _ in static.state.cross_kv] + [static.state.cond.data_ptr()])
     assert states[0] is states[1] and pointers[0] == pointers[1]  # same bucket: same buffers
     assert states[2] is not states[0] and states[2].text_len == 128
-    assert len(generation._DECODERS[model][1]) == 2
+    assert len(decoders_for(model).entries) == 2
 
 
 def test_reused_decode_state_is_dropped_when_the_weights_move(monkeypatch):
@@ -421,13 +423,13 @@ def test_reused_decode_state_is_dropped_when_the_weights_move(monkeypatch):
     spk, texts, lens = make_batch()
     monkeypatch.setattr(generation, "_uses_static_decoder", lambda device, compile: True)
     generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0)
-    first = next(iter(generation._DECODERS[model][1].values()))[0]
+    first = next(iter(decoders_for(model).entries.values()))[0]
     model.load_state_dict(model.state_dict())  # copies in place: same addresses, kept
     generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0)
-    assert next(iter(generation._DECODERS[model][1].values()))[0] is first
+    assert next(iter(decoders_for(model).entries.values()))[0] is first
     model.double()  # new weight tensors (and a new dtype): a new state
     res = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0)
-    entries = list(generation._DECODERS[model][1].values())
+    entries = list(decoders_for(model).entries.values())
     assert len(entries) == 1 and entries[0][0] is not first
     assert entries[0][0].state.caches[0].k.dtype == torch.float64
     monkeypatch.setattr(generation, "_uses_static_decoder", lambda device, compile: False)
@@ -455,16 +457,16 @@ def test_deferred_done_poll_changes_no_result(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
 def test_cuda_graph_is_captured_once_and_replayed_by_later_calls(monkeypatch):
-    import model.generation as generation
+    import model.decode_cache as decode_cache
 
     captures = []
 
-    class CountingStep(generation.CudaGraphStep):
+    class CountingStep(decode_cache.CudaGraphStep):
         def __init__(self, *args, **kwargs):
             captures.append(1)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(generation, "CudaGraphStep", CountingStep)
+    monkeypatch.setattr(decode_cache, "CudaGraphStep", CountingStep)
     model = make_model().cuda()
     spk = (torch.arange(3) % 4).cuda()
     for i, (lengths, S) in enumerate((((12, 7, 3), 12), ((20, 15, 9), 20), ((9, 9, 1), 9))):
@@ -476,6 +478,9 @@ def test_cuda_graph_is_captured_once_and_replayed_by_later_calls(monkeypatch):
     assert len(captures) == 1
     generate(model, spk, texts, lens, max_length=MAX_LEN + 8, temperature=0.0, compile=True)
     assert len(captures) == 2  # another max_length: another graph
+    import copy
+
+    assert len(decoders_for(copy.deepcopy(model))) == 0  # captured graphs are not copied
 
 
 def test_reused_decode_state_does_not_keep_the_model_alive(monkeypatch):
@@ -489,10 +494,32 @@ def test_reused_decode_state_does_not_keep_the_model_alive(monkeypatch):
     monkeypatch.setattr(generation, "_uses_static_decoder", lambda device, compile: True)
     generate(model, spk, texts, lens, max_length=8, temperature=0.0)
     ref = weakref.ref(model)
-    n = len(generation._DECODERS)
+    static = weakref.ref(next(iter(decoders_for(model).entries.values()))[0])
     del model
     gc.collect()
-    assert ref() is None and len(generation._DECODERS) == n - 1
+    assert ref() is None and static() is None  # the model's captured states went with it
+
+
+def test_captured_states_stay_out_of_the_state_dict_and_do_not_travel_with_copies(monkeypatch):
+    import copy
+    import io
+
+    import model.generation as generation
+
+    model = make_model()
+    spk, texts, lens = make_batch()
+    monkeypatch.setattr(generation, "_uses_static_decoder", lambda device, compile: True)
+    ref = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0)
+    assert len(decoders_for(model)) == 1
+    assert set(model.state_dict()) == set(make_model().state_dict())  # nothing added to the weights
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    for other in (copy.deepcopy(model), torch.load(buf, weights_only=False)):
+        assert len(decoders_for(other)) == 0 and decoders_for(other) is not decoders_for(model)
+        res = generate(other, spk, texts, lens, max_length=MAX_LEN, temperature=0.0)
+        assert torch.equal(res.tokens, ref.tokens) and len(decoders_for(other)) == 1
+    assert len(decoders_for(model)) == 1  # the copies captured their own
 
 
 # ---- the monotonic attention window ---------------------------------------------------------
@@ -554,7 +581,73 @@ def test_reused_decode_state_restarts_the_window_at_the_first_text_token(monkeyp
     kw = dict(max_length=MAX_LEN, temperature=0.0, attention_window=(1, 2))
     fresh = generate(model, spk, texts, lens, **kw)
     monkeypatch.setattr(generation, "_uses_static_decoder", lambda device, compile: True)
-    generation._DECODERS.pop(model, None)
+    decoders_for(model).clear()
     first = generate(model, spk, texts, lens, **kw)
     again = generate(model, spk, texts, lens, **kw)  # same buffers; the position must start over
     assert torch.equal(first.tokens, fresh.tokens) and torch.equal(again.tokens, fresh.tokens)
+
+
+# ---- the sampling parameters object -----------------------------------------------------------
+
+
+def test_sampling_params_object_gives_what_the_keywords_give():
+    from model.sampling import SamplingParams
+
+    model = make_model()
+    spk, texts, lens = make_batch()
+    kw = dict(max_length=MAX_LEN, temperature=0.8, top_k=40, top_p=0.9, repetition_penalty=1.3,
+              min_tokens_per_text_token=0.5, attention_window=[1, 2])
+    params = SamplingParams(**kw)
+    assert params.attention_window == (1, 2)  # a config's list becomes a hashable tuple
+    hash(params)
+    by_kw = generate(model, spk, texts, lens, generator=torch.Generator().manual_seed(3), **kw)
+    by_obj = generate(model, spk, texts, lens, generator=torch.Generator().manual_seed(3), params=params)
+    assert torch.equal(by_kw.tokens, by_obj.tokens) and torch.equal(by_kw.lengths, by_obj.lengths)
+    # Keywords replace the object's fields (and are checked again).
+    greedy = generate(model, spk, texts, lens, params=params, temperature=0.0, repetition_penalty=1.0,
+                      min_tokens_per_text_token=None, attention_window=None)
+    plain = generate(model, spk, texts, lens, max_length=MAX_LEN, temperature=0.0)
+    assert torch.equal(greedy.tokens, plain.tokens)
+    with pytest.raises(ValueError, match="temperature=-1"):
+        generate(model, spk, texts, lens, params=params, temperature=-1.0)
+
+
+def test_sampling_params_are_checked_when_built_and_frozen():
+    import dataclasses
+
+    from model.sampling import SamplingParams
+    from model.tracking import TrackingParams
+
+    with pytest.raises(ValueError, match="top_p=0.0 is not allowed; top_p must be in"):
+        SamplingParams(top_p=0.0)
+    with pytest.raises(ValueError, match="min_length=5 is not allowed"):
+        SamplingParams(max_length=4, min_length=5)
+    with pytest.raises(ValueError, match="choose one"):
+        SamplingParams(attention_window=(1, 2), tracking=TrackingParams())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SamplingParams().temperature = 0.0
+    model = make_model()
+    spk, texts, lens = make_batch()
+    with pytest.raises(ValueError, match=f"top_k must be in \\[0, {model.n_vocab}\\]"):
+        generate(model, spk, texts, lens, top_k=model.n_vocab + 1)  # the one check that needs the model
+
+
+def test_unknown_keyword_is_named_like_a_python_keyword_error():
+    model = make_model()
+    spk, texts, lens = make_batch()
+    with pytest.raises(TypeError, match="generate\\(\\) got an unexpected keyword argument 'temprature'"):
+        generate(model, spk, texts, lens, temprature=0.0)
+
+
+def test_infer_applies_the_model_defaults_to_keywords_but_not_to_a_params_object():
+    from model.sampling import SamplingParams
+
+    model = make_model()
+    spk, texts, lens = make_batch(lengths=(12, 7, 3))
+    with torch.no_grad():
+        model.head.bias[model.eos_id] = -1.0e4  # never stops: only a length bound ends a row
+    model.length_bounds = (None, 2.5)
+    bounded = model.infer(spk, texts, lens, max_length=MAX_LEN, temperature=0.0)
+    assert bounded.lengths.tolist() == [30, 18, 8]  # the model's bound, ceil(2.5 * S)
+    params = SamplingParams(max_length=MAX_LEN, temperature=0.0)
+    assert model.infer(spk, texts, lens, params=params).lengths.tolist() == [MAX_LEN] * 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model.decode_cache import decoders_for
 from model.generation import generate
 from model.tracking import (
     AlignSpec,
@@ -124,7 +125,7 @@ def test_reused_decode_state_restarts_tracking(monkeypatch):
     kw = dict(max_length=MAX_LEN, temperature=0.0, tracking=P)
     fresh = generate(model, spk, texts, lens, **kw)
     monkeypatch.setattr(generation, "_uses_static_decoder", lambda device, compile: True)
-    generation._DECODERS.pop(model, None)
+    decoders_for(model).clear()
     first = generate(model, spk, texts, lens, **kw)
     again = generate(model, spk, texts, lens, **kw)  # same buffers: position and counters start over
     assert torch.equal(first.tokens, fresh.tokens) and torch.equal(again.tokens, fresh.tokens)
