@@ -41,7 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model.alignment import alignment_loss, alignment_prior, prior_weight  # noqa: E402
 from model.echolancer import Echolancer  # noqa: E402
-from model.generation import generate, length_ratio_stats  # noqa: E402
+from model.generation import generate  # noqa: E402
+from model.generation_defaults import length_ratio_stats  # noqa: E402
 from model.loss import EcholancerLoss  # noqa: E402
 from model.tracking import TrackingParams, alignment_report, tracking_params  # noqa: E402
 from utils.config import load_config  # noqa: E402
