@@ -92,7 +92,7 @@ def test_train_missing_config_unknown_key_missing_data_and_bad_device_are_one_li
     assert msg == f"config file not found: {tmp_path / 'none.yaml'}"
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text(open(os.path.join(ROOT, TINY_MODEL)).read() + "\nno_such_section: 1\n")
+    bad.write_text(f"base: {os.path.join(ROOT, TINY_MODEL)}\nno_such_section: 1\n")  # blamed on the overlay
     msg = one_error_line(capsys, "train.py", main, train_args(tmp_path, "--device", "cpu") + ["--model_config", str(bad)])
     assert str(bad) in msg and "no_such_section" in msg
 
