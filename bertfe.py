@@ -1,6 +1,6 @@
 """BERT front end: text -> sentence vector, the emotion input of Echolancer.
 
-    bert = BERTFrontEnd("answerdotai/ModernBERT-base", device="cuda")   # or a local directory
+    bert = BERTFrontEnd("answerdotai/ModernBERT-base", device="auto")   # or a local directory
     hidden, pooled = bert.infer("What a lovely day!")                    # (1, n, H), (1, H)
     em = bert(["What a lovely day!", "Leave me alone."])                 # (2, H)
     bert.check_width(model_cfg.model.emotion_input_size)
@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from utils.config import ConfigError
+from utils.device import pick_device
 
 Pooling = Literal["auto", "pooler", "mean"]
 
@@ -41,23 +42,14 @@ def find_packaged_minilm() -> str:
     return path
 
 
-def _resolve_device(device: Union[str, torch.device], is_cuda: Optional[bool]) -> torch.device:
-    if is_cuda is not None:  # the seed's argument: True = "cuda", False = "cpu"
-        device = "cuda" if is_cuda else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn("BERTFrontEnd: CUDA requested but not available; using the CPU", stacklevel=3)
-        dev = torch.device("cpu")
-    return dev
-
-
 class BERTFrontEnd:
     """A frozen ``transformers`` encoder that returns sentence vectors.
 
     Args:
         model_name_or_path: hub name or local directory with config, weights and tokenizer.
-        device: where to run ("cpu", "cuda", ...); CUDA falls back to the CPU with a warning.
-        is_cuda: the seed's spelling (True/False); overrides ``device`` when given.
+        device: where to run ("auto", "cpu", "cuda", "cuda:N"; :func:`utils.device.pick_device`);
+            a CUDA device this machine cannot use is an error.
+        is_cuda: the seed's spelling (True = "cuda", False = "cpu"); overrides ``device`` when given.
         pooling: "auto" (pooler output when the model has a trained pooler, else masked mean),
             "pooler" (required; error if absent) or "mean".
         max_length: longer texts are truncated to this many tokens.
@@ -76,7 +68,9 @@ class BERTFrontEnd:
         if pooling not in ("auto", "pooler", "mean"):
             raise ValueError(f"BERTFrontEnd: pooling must be one of auto, pooler, mean; got {pooling!r}")
         self.name = str(model_name_or_path)
-        self.device = _resolve_device(device, is_cuda)
+        if is_cuda is not None:
+            device = "cuda" if is_cuda else "cpu"
+        self.device = pick_device(device, what="BERTFrontEnd device")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.name)
             model, info = AutoModel.from_pretrained(self.name, output_loading_info=True)

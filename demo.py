@@ -36,7 +36,7 @@ from typing import Optional
 from training.engine import bad_input_errors
 from utils.cli import run_command
 from utils.config import ConfigError, ModelConfig, load_config
-from utils.distributed import pick_device
+from utils.device import pick_device
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 STAGES = ("corpus", "preencoder", "vocoder", "preprocess", "echolancer", "evaluate")

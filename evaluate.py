@@ -49,7 +49,7 @@ from utils.asr import WhisperASR, score_texts, score_waveforms
 from utils.audio import griffin_lim, load_wav, mel_spectrogram, save_wav
 from utils.cli import run_command
 from utils.config import AudioConfig, ConfigError
-from utils.distributed import pick_device
+from utils.device import pick_device
 
 STAGES = ("ground_truth", "griffin_lim", "vocoder", "round_trip", "model")
 # Sentence-length buckets (words): the training text runs to 30 words, so 31-45 and 46+ are the

@@ -41,6 +41,7 @@ from model.pretrained import LoadedModel, load_echolancer
 from pipeline import build_synthesizer
 from training.engine import bad_input_errors
 from utils.cli import run_command
+from utils.device import pick_device
 
 PROG = "infer.py"  # how its error lines begin
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog."  # when neither --text nor --text_file is given
@@ -224,15 +225,6 @@ def load_reference(loaded: LoadedModel, path: Optional[str], device: torch.devic
     return ref.to(device)
 
 
-def resolve_device(name: str) -> torch.device:
-    from utils.distributed import CudaUnavailableError, pick_device
-
-    try:  # no silent CPU run when CUDA was asked for or an NVIDIA GPU is present
-        return pick_device(name)
-    except CudaUnavailableError as e:
-        raise InferError(str(e)) from None
-
-
 def save_wav(path: str, wav: np.ndarray, sample_rate: int) -> None:
     import soundfile as sf  # imported here: token-only runs do not need it
 
@@ -266,7 +258,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise InferError("--istftnet_dir needs --pre_encoder_dir: the vocoder speaks mels, the model codec tokens")
     if args.text_file is not None and not args.overwrite:
         check_output_clashes(args.output_dir, items)
-    device = resolve_device(args.device)
+    device = pick_device(args.device)  # no silent CPU run when CUDA was asked for or a GPU is present
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     loaded = load_echolancer(args.checkpoint, device=device, model_config_path=args.model_config)

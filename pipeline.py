@@ -33,6 +33,7 @@ from torch import Tensor
 from utils.audio import check_same_audio, griffin_lim
 from utils.char_tokenizer import CharTokenizer
 from utils.config import AudioConfig
+from utils.device import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ class Synthesizer:
         vocoder: an ``ISTFTNetFE`` or None (Griffin-Lim when a pre-encoder is present).
         audio: the audio settings of the model's data (``ModelConfig.audio``);
             default: the shared settings.
-        device: where BERT vectors and mels are computed (the model keeps its own device).
+        device: where BERT vectors and mels are computed (the model keeps its own device);
+            "auto", "cpu", "cuda" or "cuda:N" (:func:`utils.device.pick_device`).
         griffin_lim_iters: iterations of the Griffin-Lim fallback.
     """
 
@@ -108,7 +110,7 @@ class Synthesizer:
         self.pre_encoder = pre_encoder
         self.vocoder = vocoder
         self.audio = audio if audio is not None else AudioConfig()
-        self.device = torch.device(device)
+        self.device = pick_device(device, what="Synthesizer device")
         self.griffin_lim_iters = griffin_lim_iters
         self._noted_griffin_lim = False
         cfg = model.cfg

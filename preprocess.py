@@ -57,7 +57,7 @@ from utils.audio import check_same_audio, load_wav, mel_spectrogram
 from utils.char_tokenizer import CharTokenizer
 from utils.cli import run_command
 from utils.config import AudioConfig, ConfigError, load_config
-from utils.distributed import pick_device
+from utils.device import pick_device
 from utils.phonemes import make_tokenizer
 from utils.text_normalizer import NORMALIZER_VERSION, verbalises
 

@@ -18,12 +18,12 @@ import os
 import sys
 from typing import Optional
 
+from model.preencoder_artifact import export_preencoder, model_from_checkpoint
 from training.engine import EXIT_FAILURE, EXIT_OK, add_common_args, resolve_resume, run_cli, set_threads, setup_logging
-from training.preencoder import export_preencoder, model_from_checkpoint, train
+from training.preencoder import train
 from utils.config import ConfigError, load_config
 from utils.config.preencoder import PreEncoderConfig
 
-__all__ = ["export_preencoder", "main", "model_from_checkpoint", "train"]  # importable as before
 log = logging.getLogger("echolancer.train")
 
 

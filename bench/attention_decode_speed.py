@@ -31,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model.decode_cache as decode_cache  # noqa: E402
 from model.echolancer import Echolancer  # noqa: E402
 from model.generation import generate  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from utils.config import ConfigError, load_config  # noqa: E402
+from utils.device import CudaUnavailableError, pick_device  # noqa: E402
 
 M60 = [
     "model.encoder.hidden=512", "model.encoder.head=8", "model.encoder.layer=8",
@@ -154,7 +155,7 @@ def bench_decode(args, device: torch.device, overrides: list[str]) -> list[dict]
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (the GPU when CUDA is usable), cpu, cuda, cuda:N")
     p.add_argument("--tiny", action="store_true", help="config/model_tiny.yaml, small batch: checks the script")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -162,7 +163,10 @@ def main() -> None:
     p.add_argument("--decode_batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
-    device = torch.device(args.device)
+    try:
+        device = pick_device(args.device)
+    except (CudaUnavailableError, ConfigError) as e:  # one line, as the commands print it
+        sys.exit(f"bench/attention_decode_speed.py: {e}")
     if args.tiny:
         args.config, overrides = "config/model_tiny.yaml", []
         args.batch, args.text_len, args.audio_len = 4, 30, 60

@@ -64,8 +64,8 @@ from model.echolancer import Echolancer  # noqa: E402
 from model.generation import generate  # noqa: E402
 from model.loss import EcholancerLoss  # noqa: E402
 from training.engine import MetricWindow  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.distributed import cuda_unusable_message  # noqa: E402
+from utils.config import ConfigError, load_config  # noqa: E402
+from utils.device import CudaUnavailableError, pick_device  # noqa: E402
 
 TINY = "config/model_tiny.yaml"
 DEFAULT = "config/model.yaml"
@@ -554,15 +554,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.dry_run:
         args.device, args.tiny = "cpu", True
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            print(f"FAIL cuda: {cuda_unusable_message(f'bench/gpu_check.py needs a CUDA GPU (--device {args.device})')}")
-            print("To exercise the checks' code on the CPU: python bench/gpu_check.py --dry-run")
-            return 2
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    elif not args.tiny:
+    try:
+        device = pick_device(args.device)
+    except (CudaUnavailableError, ConfigError) as e:
+        print(f"FAIL cuda: bench/gpu_check.py needs a CUDA GPU; {e}")
+        print("To exercise the checks' code on the CPU: python bench/gpu_check.py --dry-run")
+        return 2
+    if device.type != "cuda" and not args.tiny:
         print(f"bench/gpu_check.py checks a GPU; --device {args.device} runs only with --tiny (or use --dry-run)")
         return 2
     if "compile" not in inspect.signature(generate).parameters:

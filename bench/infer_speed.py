@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model.echolancer import Echolancer  # noqa: E402
 from model.generation import generate  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from utils.config import ConfigError, load_config  # noqa: E402
+from utils.device import CudaUnavailableError, pick_device  # noqa: E402
 
 TOKENS_PER_SECOND = 22050 / 256  # 86.13 codec tokens per second of audio
 
@@ -145,9 +146,10 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args()
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("bench/infer_speed.py: --device cuda but CUDA is not available")
+    try:
+        device = pick_device(args.device)
+    except (CudaUnavailableError, ConfigError) as e:  # one line, as the commands print it
+        sys.exit(f"bench/infer_speed.py: {e}")
     if args.threads:
         torch.set_num_threads(args.threads)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]

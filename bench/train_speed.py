@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import model.layers as layers  # noqa: E402
 from model import Echolancer, EcholancerLoss  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from utils.config import ConfigError, load_config  # noqa: E402
+from utils.device import CudaUnavailableError, pick_device  # noqa: E402
 
 BIG = [  # ~60 M parameters
     "model.encoder.hidden=512", "model.encoder.head=8", "model.encoder.layer=8",
@@ -114,7 +115,7 @@ def bench(cfg, impl, args, device) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (the GPU when CUDA is usable), cpu, cuda, cuda:N")
     p.add_argument("--batch_size", type=int, default=None, help="default: 32 on CUDA, 4 on CPU")
     p.add_argument("--text_len", type=int, default=None, help="default: 120 on CUDA, 60 on CPU")
     p.add_argument("--audio_len", type=int, default=None, help="max audio tokens; default: 600 on CUDA, 200 on CPU")
@@ -123,7 +124,10 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU too (always on for CUDA)")
     p.add_argument("--configs", nargs="+", default=["default", "60m"], choices=["default", "60m"])
     args = p.parse_args()
-    device = torch.device(args.device)
+    try:
+        device = pick_device(args.device)
+    except (CudaUnavailableError, ConfigError) as e:  # one line, as the commands print it
+        sys.exit(f"bench/train_speed.py: {e}")
     gpu = device.type == "cuda"
     args.batch_size = args.batch_size or (32 if gpu else 4)
     args.text_len = args.text_len or (120 if gpu else 60)

@@ -19,17 +19,21 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from train_vocoder import VocoderTrainer  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from utils.config import ConfigError, load_config  # noqa: E402
 from utils.config.vocoder import VocoderConfig  # noqa: E402
+from utils.device import CudaUnavailableError, pick_device  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (the GPU when CUDA is usable), cpu, cuda, cuda:N")
     p.add_argument("--configs", nargs="+", default=["config/istftnet_tiny.yaml", "config/istftnet.yaml"])
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 tiny / 2 default on CPU)")
     args = p.parse_args()
-    device = torch.device(args.device)
+    try:
+        device = pick_device(args.device)
+    except (CudaUnavailableError, ConfigError) as e:  # one line, as the commands print it
+        sys.exit(f"bench/vocoder_speed.py: {e}")
     for path in args.configs:
         cfg = load_config(path, schema=VocoderConfig)
         n = args.steps or (50 if device.type == "cuda" else (20 if "tiny" in path else 2))

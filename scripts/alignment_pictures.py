@@ -27,6 +27,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from model.alignment import alignment_image, cross_attention_maps, diagonality  # noqa: E402
+from utils.device import pick_device  # noqa: E402
 
 
 def _stack(images: list[np.ndarray], scale: int = 2) -> np.ndarray:
@@ -47,7 +48,7 @@ def pictures(args: argparse.Namespace) -> dict:
     from scripted_preencoder import ScriptedPreEncoder
     from utils.audio import load_wav, mel_spectrogram
 
-    device = torch.device(args.device)
+    device = pick_device(args.device)
     loaded = load_echolancer(args.checkpoint, device=device)
     model, tok = loaded.model, loaded.tokenizer
     cfg = loaded.model_config

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_pictures_of_an_untrained_model(tmp_path):
     from model.preencoder import PreEncoder
-    from train_preencoder import export_preencoder
+    from model.preencoder_artifact import export_preencoder
     from utils.config.preencoder import PreEncoderConfig
 
     make_corpus(["The green door was locked.", "A cold wind blew."], str(tmp_path / "eval"))

@@ -63,3 +63,17 @@ def test_bad_inputs_and_paths_are_errors(bert, tmp_path):
         BERTFrontEnd(str(tmp_path))
     with pytest.raises(ValueError, match="pooling"):
         BERTFrontEnd(find_packaged_minilm(), pooling="cls")
+
+
+def test_device_follows_the_one_policy(monkeypatch):
+    """CUDA asked for (by name or the seed's is_cuda=True) but unusable is an error, never a CPU run."""
+    from utils.config import ConfigError
+    from utils.device import CudaUnavailableError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for kwargs in ({"device": "cuda"}, {"is_cuda": True}):
+        with pytest.raises(CudaUnavailableError, match="BERTFrontEnd device cuda was requested"):
+            BERTFrontEnd(find_packaged_minilm(), **kwargs)
+    with pytest.raises(ConfigError, match="BERTFrontEnd device 'gpu': not a device"):
+        BERTFrontEnd(find_packaged_minilm(), device="gpu")
+    assert BERTFrontEnd(find_packaged_minilm(), is_cuda=False, device="cuda").device == torch.device("cpu")

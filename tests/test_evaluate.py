@@ -103,7 +103,7 @@ def _untrained_checkpoint(path) -> Echolancer:
 
 def test_model_stage_counts_stop_failures_and_length_ratio(corpus, tmp_path, capsys):
     from model.preencoder import PreEncoder
-    from train_preencoder import export_preencoder
+    from model.preencoder_artifact import export_preencoder
     from utils.config.preencoder import PreEncoderConfig
 
     _untrained_checkpoint(tmp_path / "m.pt")
@@ -141,7 +141,7 @@ def test_model_stage_counts_stop_failures_and_length_ratio(corpus, tmp_path, cap
 
 def test_round_trip_without_a_vocoder_goes_through_griffin_lim(corpus, tmp_path):
     from model.preencoder import PreEncoder
-    from train_preencoder import export_preencoder
+    from model.preencoder_artifact import export_preencoder
     from utils.config.preencoder import PreEncoderConfig
 
     pcfg = load_config(os.path.join(ROOT, "config", "preencoder_tiny.yaml"), ["model.generator.downsample=2"],

@@ -151,20 +151,20 @@ def test_front_ends_give_a_16_bit_wav_of_tokens_times_hop_samples(tmp_path):
     """Untrained but real exported components: BERT (MiniLM), pre-encoder, ISTFTNet, through pipeline.py."""
     import soundfile as sf
 
-    import train_preencoder as tp
     from bertfe import find_packaged_minilm
-    from istftnetfe import ISTFTNetFE
     from model.istftnet import ISTFT, ISTFTNetGenerator
+    from model.istftnet_artifact import export_istftnet
     from model.preencoder import PreEncoder
+    from model.preencoder_artifact import export_preencoder
     from utils.config import AudioConfig
     from utils.config.preencoder import PreEncoderConfig
     from utils.config.vocoder import GeneratorConfig
 
     torch.manual_seed(0)
     pe_cfg = load_config("config/preencoder_tiny.yaml", schema=PreEncoderConfig)
-    tp.export_preencoder(PreEncoder.from_config(pe_cfg), pe_cfg, str(tmp_path / "pe"))
+    export_preencoder(PreEncoder.from_config(pe_cfg), pe_cfg, str(tmp_path / "pe"))
     gen = ISTFTNetGenerator(GeneratorConfig(upsample_initial_channel=32), n_mels=80).eval()
-    ISTFTNetFE(gen, ISTFT(16, 4), AudioConfig()).export_ts(str(tmp_path / "voc"), 22050, devices=["cpu"])
+    export_istftnet(gen, ISTFT(16, 4), AudioConfig(), str(tmp_path / "voc"), 22050, devices=["cpu"])
     save_checkpoint(tmp_path / "m.pt")
     out = tmp_path / "out"
     metas = run_infer("--checkpoint", str(tmp_path / "m.pt"), "--text", "Hello there.", "--max_length", "12",
@@ -245,13 +245,13 @@ def test_jsonl_lines_are_spoken_in_batches_by_their_own_speaker_into_their_own_f
 def test_a_text_file_gives_one_16_bit_wav_per_non_empty_line(tmp_path):
     import soundfile as sf
 
-    import train_preencoder as tp
     from model.preencoder import PreEncoder
+    from model.preencoder_artifact import export_preencoder
     from utils.config.preencoder import PreEncoderConfig
 
     torch.manual_seed(0)
     pe_cfg = load_config("config/preencoder_tiny.yaml", schema=PreEncoderConfig)
-    tp.export_preencoder(PreEncoder.from_config(pe_cfg), pe_cfg, str(tmp_path / "pe"))
+    export_preencoder(PreEncoder.from_config(pe_cfg), pe_cfg, str(tmp_path / "pe"))
     save_checkpoint(tmp_path / "m.pt")
     lines = write_lines(tmp_path / "lines.txt", "One.", "", "   ", "Two words.", "Three more words.")
     out = tmp_path / "out"

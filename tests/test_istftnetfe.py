@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from istftnetfe import ISTFTNetDirError, ISTFTNetFE, check_vocoder_audio
+from istftnetfe import ISTFTNetFE, check_vocoder_audio
 from model.istftnet import ISTFT, ISTFTNetGenerator
-from utils.config import AudioConfig
+from model.istftnet_artifact import ISTFTNetDirError, export_istftnet
+from utils.config import AudioConfig, ConfigError
 from utils.config.vocoder import GeneratorConfig
+from utils.device import CudaUnavailableError
 
 ORIGINAL_KEYS = ("gen_istft_n_fft", "gen_istft_hop_size", "sampling_rate")
 
@@ -27,7 +29,7 @@ def fe() -> ISTFTNetFE:
 @pytest.fixture(scope="module")
 def export_dir(fe, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("istft_export"))
-    fe.export_ts(out, 22050, devices=["cpu"])
+    export_istftnet(fe.gen, fe.stft, fe.audio, out, 22050, devices=["cpu"])
     return out
 
 
@@ -91,11 +93,12 @@ def test_original_export_without_mel_settings_loads_with_a_warning(fe, export_di
     assert torch.allclose(loaded(mel), fe(mel), atol=1e-5)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback when CUDA is missing")
-def test_cuda_request_without_cuda_falls_back_to_cpu_with_a_warning(export_dir):
-    with pytest.warns(UserWarning, match="CUDA is not available"):
-        loaded = ISTFTNetFE.load_ts(export_dir, "cuda")
-    assert loaded.device.type == "cpu"
+def test_cuda_request_without_cuda_is_an_error_not_a_cpu_run(export_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CudaUnavailableError, match="ISTFTNetFE device cuda:0 was requested.*--device cpu"):
+        ISTFTNetFE.load_ts(export_dir, "cuda:0")
+    with pytest.raises(ConfigError, match="'gpu': not a device; use auto, cpu, cuda or cuda:N"):
+        ISTFTNetFE.load_ts(export_dir, "gpu")
 
 
 def test_missing_directory_and_files_are_named(export_dir, tmp_path):

@@ -12,7 +12,9 @@ from bertfe import BERTFrontEnd, find_packaged_minilm
 from istftnetfe import ISTFTNetFE
 from model.echolancer import Echolancer
 from model.istftnet import ISTFT, ISTFTNetGenerator
+from model.istftnet_artifact import export_istftnet
 from model.preencoder import PreEncoder
+from model.preencoder_artifact import export_preencoder
 from pipeline import PipelineError, Synthesizer, build_synthesizer
 from scripted_preencoder import ScriptedPreEncoder
 from utils.audio import save_wav
@@ -47,7 +49,7 @@ def parts(tmp_path_factory):
         export = tp.train(cfg, str(root / "wavs"), str(root / "pe")).export_dir
     torch.manual_seed(0)
     gen = ISTFTNetGenerator(GeneratorConfig(upsample_initial_channel=32), n_mels=80).eval()
-    ISTFTNetFE(gen, ISTFT(16, 4), AudioConfig()).export_ts(str(root / "voc"), 22050, devices=["cpu"])
+    export_istftnet(gen, ISTFT(16, 4), AudioConfig(), str(root / "voc"), 22050, devices=["cpu"])
     model = Echolancer.from_config(load_config("config/model_tiny.yaml"))
     return {"root": root, "pe_dir": export, "voc_dir": str(root / "voc"), "model": model.eval(),
             "tok": CharTokenizer(), "bert": BERTFrontEnd(find_packaged_minilm())}
@@ -139,14 +141,14 @@ def test_component_mismatches_are_errors_at_build_time(parts, tmp_path):
     # Codebook: a 200-code pre-encoder for a 1000-code model.
     small = config_from_dict(PreEncoderConfig, {"model": {"generator": {"fsq_levels": [8, 5, 5], "hidden": 16,
                                                                          "encoder_blocks": 0, "decoder_blocks": 0}}})
-    tp.export_preencoder(PreEncoder.from_config(small), small, str(tmp_path / "pe200"))
+    export_preencoder(PreEncoder.from_config(small), small, str(tmp_path / "pe200"))
     with pytest.raises(PipelineError, match=r"\[pre-encoder\].*codebook size 200.*1000"):
         build_synthesizer(model, tok, pre_encoder_dir=str(tmp_path / "pe200"))
     # Audio settings: a pre-encoder made for 24 kHz audio.
     other = config_from_dict(PreEncoderConfig, {"audio": {"sampling_rate": 24000},
                                                  "model": {"generator": {"hidden": 16, "encoder_blocks": 0,
                                                                          "decoder_blocks": 0}}})
-    tp.export_preencoder(PreEncoder.from_config(other), other, str(tmp_path / "pe24k"))
+    export_preencoder(PreEncoder.from_config(other), other, str(tmp_path / "pe24k"))
     with pytest.raises(PipelineError, match=r"\[pre-encoder\].*sampling_rate: 22050 vs 24000"):
         build_synthesizer(model, tok, pre_encoder_dir=str(tmp_path / "pe24k"))
     # BERT width: a model expecting 768-wide vectors.

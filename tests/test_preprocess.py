@@ -39,7 +39,7 @@ def corpus(tmp_path_factory):
 def pre_dir(tmp_path_factory):
     """An exported (untrained, seeded) tiny pre-encoder: codes are arbitrary but deterministic."""
     from model.preencoder import PreEncoder
-    from train_preencoder import export_preencoder
+    from model.preencoder_artifact import export_preencoder
     from utils.config.preencoder import PreEncoderConfig
 
     cfg = load_config(os.path.join(ROOT, "config", "preencoder_tiny.yaml"), schema=PreEncoderConfig)

@@ -8,10 +8,11 @@ import torch
 import yaml
 
 from model.preencoder import PreEncoder
-from scripted_preencoder import PreEncoderDirError, ScriptedPreEncoder
-from train_preencoder import export_preencoder
-from utils.config import config_from_dict
+from model.preencoder_artifact import PreEncoderDirError, export_preencoder
+from scripted_preencoder import ScriptedPreEncoder
+from utils.config import ConfigError, config_from_dict
 from utils.config.preencoder import PreEncoderConfig
+from utils.device import CudaUnavailableError
 
 TINY = {"model": {"generator": {"hidden": 16, "encoder_blocks": 1, "decoder_blocks": 1, "kernel_size": 3}}}
 
@@ -103,8 +104,9 @@ def test_wrong_rank_and_out_of_codebook_ids_are_errors(export_dir):
     assert pe.decode(torch.tensor([[3, 4, 1002]]), torch.tensor([2])).shape == (1, 3, 80)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the fallback on a machine without CUDA")
-def test_cuda_request_falls_back_to_cpu_with_a_warning(export_dir):
-    with pytest.warns(UserWarning, match="CUDA requested but not available"):
-        pe = ScriptedPreEncoder(export_dir, device="cuda")
-    assert pe.device.type == "cpu"
+def test_cuda_request_without_cuda_is_an_error_not_a_cpu_run(export_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CudaUnavailableError, match="ScriptedPreEncoder device cuda was requested.*--device cpu"):
+        ScriptedPreEncoder(export_dir, device="cuda")
+    with pytest.raises(ConfigError, match="'gpu': not a device"):
+        ScriptedPreEncoder(export_dir, device="gpu")

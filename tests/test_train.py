@@ -200,14 +200,14 @@ def test_sigint_saves_a_checkpoint_exits_cleanly_and_the_run_resumes(data, tmp_p
 
 
 def test_test_interval_writes_wavs_logs_audio_and_leaves_training_unchanged(data, tmp_path, monkeypatch, caplog):
-    import train_preencoder as tp
     from model.preencoder import PreEncoder
+    from model.preencoder_artifact import export_preencoder
     from utils.config import config_from_dict
     from utils.config.preencoder import PreEncoderConfig
 
     pe_cfg = config_from_dict(PreEncoderConfig, {"model": {"generator": {"hidden": 16, "encoder_blocks": 0,
                                                                           "decoder_blocks": 0}}})
-    tp.export_preencoder(PreEncoder.from_config(pe_cfg), pe_cfg, str(tmp_path / "pe"))
+    export_preencoder(PreEncoder.from_config(pe_cfg), pe_cfg, str(tmp_path / "pe"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     gen = ["training.max_steps=2", "training.test_max_length=6", "training.test_temperature=0.0",
            "training.val_step=1000"]

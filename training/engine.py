@@ -1,4 +1,4 @@
-"""What every trainer shares: device and precision, seeding, signals, the non-finite policy, the
+"""What every trainer shares: precision, seeding, signals, the non-finite policy, the
 resume-compatibility check, output-directory safety, logging and the command-line frame.
 
 A recipe (``training/echolancer.py``, ``training/preencoder.py``, ``training/vocoder.py``) builds
@@ -36,21 +36,8 @@ EXIT_FAILURE = 1  # training failed (non-finite losses, a bug: the traceback is 
 
 
 # --------------------------------------------------------------------------------------------
-# Device, precision, seeding
+# Precision, seeding (the device comes from utils/device.py, the policy of every command)
 # --------------------------------------------------------------------------------------------
-
-
-def resolve_device(requested: Optional[str] = None) -> torch.device:
-    """``None``/``auto``: the local GPU if there is one, else the CPU; otherwise ``cpu``, ``cuda:N`` ..."""
-    if requested in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError as e:
-        raise ConfigError(f"--device {requested!r}: {e}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {requested}: CUDA is not available on this machine")
-    return device
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
@@ -491,10 +478,10 @@ def bad_input_errors() -> tuple[type[BaseException], ...]:
     The one list every command uses (with ``utils.cli``); anything else is a bug and keeps its
     traceback."""
     from data.dataset import DataError
-    from istftnetfe import ISTFTNetDirError
+    from model.istftnet_artifact import ISTFTNetDirError
+    from model.preencoder_artifact import PreEncoderDirError
     from pipeline import PipelineError
-    from scripted_preencoder import PreEncoderDirError
-    from utils.distributed import CudaUnavailableError
+    from utils.device import CudaUnavailableError
     from utils.phonemes import G2PUnavailable
 
     return (ConfigError, CheckpointError, DataError, PipelineError, PreEncoderDirError, ISTFTNetDirError,

@@ -7,23 +7,23 @@ clips and checkpoints through the engine (``training/engine.py``: output-directo
 the non-finite policy, resume checks). Resume is exact: batches are seeded by (seed, step). When
 training ends it exports the best validated weights to ``<output_dir>/export/``: the TorchScript
 files :class:`scripted_preencoder.ScriptedPreEncoder` loads (``model_cpu.pt``, ``model_cuda.pt``
-with CUDA), ``model_config.yaml``, and ``weights.pt`` (tensors only, see :func:`export_preencoder`).
+with CUDA), ``model_config.yaml``, and ``weights.pt`` (tensors only), written and read back by
+``model/preencoder_artifact.py``.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import yaml
 from torch import Tensor
 from tqdm import tqdm
 
 from model.preencoder import PreEncoder, lengths_to_mask, reconstruction_loss
+from model.preencoder_artifact import export_preencoder, model_from_checkpoint
 from training.engine import (
     NonFinitePolicy,
     StopSignals,
@@ -31,7 +31,6 @@ from training.engine import (
     autocast,
     check_resume_compatible,
     prepare_output_dir,
-    resolve_device,
     resolve_precision,
     seed_everything,
 )
@@ -43,15 +42,14 @@ from utils.checkpoint import (
     checkpoint_name,
     load_checkpoint,
     restore_rng_state,
-    save_checkpoint,
 )
 from utils.config import config_from_dict, config_to_dict
 from utils.config.preencoder import PreEncoderConfig
+from utils.device import pick_device
 from utils.logger import Logger
 from utils.scheduler import build_scheduler
 
 log = logging.getLogger("echolancer.train")
-EXPORT_FORMAT = "preencoder-export"
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 MAX_VAL_FRAMES = 1000  # longer validation clips are cut (bounds memory and time)
@@ -130,69 +128,6 @@ def sample_batch(mels: list[Tensor], train_ids: list[int], step: int, cfg: PreEn
 
 
 # --------------------------------------------------------------------------------------------
-# Export
-# --------------------------------------------------------------------------------------------
-
-
-def export_preencoder(model: PreEncoder, cfg: PreEncoderConfig, out_dir: str) -> list[str]:
-    """Write the export directory: TorchScript ``model_cpu.pt`` (+ ``model_cuda.pt``),
-    ``model_config.yaml``, and ``weights.pt`` (``format`` "preencoder-export", ``format_version``,
-    ``model`` state dict, ``config`` as a plain dict; ``torch.load(weights_only=True)``-loadable).
-
-    Each saved module is loaded back and must give the eager model's codes and mels on a probe
-    batch, or this raises: an export that silently differs is worse than none.
-
-    Returns:
-        the paths written.
-    """
-    os.makedirs(out_dir, exist_ok=True)
-    eager = copy.deepcopy(model).float().cpu().eval()
-    written = []
-    targets = [("cpu", "model_cpu.pt")] + ([("cuda", "model_cuda.pt")] if torch.cuda.is_available() else [])
-    g = torch.Generator().manual_seed(0)
-    probe = torch.randn(2, 37, eager.mel_channels, generator=g) * cfg.model.generator.mel_std + cfg.model.generator.mel_mean
-    probe_mask = lengths_to_mask(torch.tensor([37, 21]), 37)
-    with torch.no_grad():
-        ref_idx = eager.encode(probe, probe_mask)
-        ref_mel = eager.decode(ref_idx, eager.token_mask(probe_mask))
-    for device, name in targets:
-        path = os.path.join(out_dir, name)
-        scripted = torch.jit.script(copy.deepcopy(eager).to(device))
-        torch.jit.save(scripted, path)
-        loaded = torch.jit.load(path, map_location=device)
-        with torch.no_grad():
-            idx = loaded.encode(probe.to(device), probe_mask.to(device)).cpu()
-            mel = loaded.decode(ref_idx.to(device), eager.token_mask(probe_mask).to(device)).cpu()
-        # CUDA kernels may round differently, so only the CPU export must match bit for bit.
-        same = torch.equal(idx, ref_idx) if device == "cpu" else float((idx == ref_idx).float().mean()) > 0.99
-        if not same or not torch.allclose(mel, ref_mel, atol=1e-3, rtol=1e-4):
-            raise RuntimeError(f"export check failed: {path} disagrees with the eager model on a probe batch")
-        written.append(path)
-    cfg_path = os.path.join(out_dir, "model_config.yaml")
-    with open(cfg_path, "w", encoding="utf-8") as f:
-        f.write("# Exported FSQ pre-encoder; load with scripted_preencoder.ScriptedPreEncoder(<this dir>).\n")
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
-    written.append(cfg_path)
-    weights_path = os.path.join(out_dir, "weights.pt")
-    save_checkpoint({"format": EXPORT_FORMAT, "format_version": 1, "config": config_to_dict(cfg),
-                     "model": {k: v.detach().cpu() for k, v in eager.state_dict().items()}}, weights_path)
-    written.append(weights_path)
-    return written
-
-
-def model_from_checkpoint(path_or_dir: str) -> tuple[PreEncoder, PreEncoderConfig, int]:
-    """Rebuild the eager model from a training checkpoint (file or directory: newest) or ``weights.pt``."""
-    state = load_checkpoint(path_or_dir)
-    if state.get("kind") != "preencoder" and state.get("format") != EXPORT_FORMAT:
-        raise CheckpointError(f"{path_or_dir}: neither a pre-encoder checkpoint nor its weights.pt export "
-                              f"(kind={state.get('kind')!r})")
-    cfg = config_from_dict(PreEncoderConfig, state["config"], f"{path_or_dir} (stored config)")
-    model = PreEncoder.from_config(cfg)
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg, int(state.get("step") or 0)
-
-
-# --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
 
@@ -248,7 +183,7 @@ def train(cfg: PreEncoderConfig, data_dir: str, output_dir: str, resume: Optiona
         overwrite: a fresh run may replace another run's checkpoints in ``output_dir`` (moved aside).
     """
     t = cfg.training
-    dev = resolve_device(device)
+    dev = pick_device(device)
     prepare_output_dir(output_dir, resume, overwrite)
     os.makedirs(output_dir, exist_ok=True)
     ckpt_dir = os.path.join(output_dir, "ckpt")

@@ -39,7 +39,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
-from istftnetfe import ISTFTNetFE
 from model.istftnet import (
     ISTFT,
     Discriminators,
@@ -48,6 +47,7 @@ from model.istftnet import (
     feature_matching_loss,
     generator_adversarial_loss,
 )
+from model.istftnet_artifact import export_istftnet
 from training.engine import (
     NonFinitePolicy,
     StopSignals,
@@ -56,7 +56,6 @@ from training.engine import (
     build_adam,
     check_resume_compatible,
     prepare_output_dir,
-    resolve_device,
     resolve_optimizer_impl,
     resolve_precision,
     seed_everything,
@@ -70,16 +69,15 @@ from utils.checkpoint import (
     checkpoint_name,
     load_checkpoint,
     restore_rng_state,
-    save_checkpoint,
 )
 from utils.config import config_from_dict, config_to_dict
 from utils.config.vocoder import VocoderConfig
+from utils.device import pick_device
 from utils.logger import Logger
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 # Sections that define the weights: a resumed run must not change them.
 ARCHITECTURE_SECTIONS = ("generator", "discriminator", "audio")
-EXPORT_FORMAT = "istftnet-export"
 log = logging.getLogger("echolancer.train")
 
 
@@ -362,16 +360,10 @@ class VocoderTrainer:
         restore_rng_state(state["rng"])
 
     def export(self, out_dir: str) -> list[str]:
-        """Write the export directory of the current generator: the TorchScript files and
-        ``config.json`` (``istftnetfe.py`` format), and ``weights.pt`` (``format`` "istftnet-export",
-        ``format_version``, ``generator`` state dict, ``config``; ``weights_only``-loadable)."""
-        fe = ISTFTNetFE(self.generator, self.istft, self.audio)
-        written = list(fe.export_ts(out_dir, self.audio.sampling_rate))
-        path = os.path.join(out_dir, "weights.pt")
-        save_checkpoint({"format": EXPORT_FORMAT, "format_version": 1, "config": config_to_dict(self.cfg),
-                         "step": self.step,
-                         "generator": {k: v.detach().cpu() for k, v in self.generator.state_dict().items()}}, path)
-        return written + [path]
+        """Write the export directory of the current generator (``model/istftnet_artifact.py``):
+        the TorchScript files, ``config.json`` and ``weights.pt`` (with this config and step)."""
+        return export_istftnet(self.generator, self.istft, self.audio, out_dir, self.audio.sampling_rate,
+                               cfg=self.cfg, step=self.step)
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,7 +392,7 @@ def train(cfg: VocoderConfig, data_dir: str, output_dir: str, resume: Optional[s
           device: Optional[str] = None, overwrite: bool = False, export: bool = True) -> VocoderResult:
     """Train, checkpoint and (when it ends normally) export the best validated generator."""
     t = cfg.training
-    dev = resolve_device(device)
+    dev = pick_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed segment size: autotuned kernels pay off
     prepare_output_dir(output_dir, resume, overwrite)

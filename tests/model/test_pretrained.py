@@ -126,3 +126,26 @@ def test_empty_directory_and_missing_file_are_errors(tmp_path):
         load_echolancer(tmp_path)
     with pytest.raises(CheckpointError, match="not found"):
         load_echolancer(tmp_path / "nope.pt")
+
+
+def test_inference_export_then_load_gives_the_same_outputs(tmp_path):
+    from model.pretrained import export_echolancer
+
+    model, cfg = tiny_model()
+    model.eval()
+    path = export_echolancer(model, cfg, CharTokenizer(), str(tmp_path / "export"), step=3)
+    loaded = load_echolancer(path)
+    assert loaded.step == 3 and loaded.tokenizer.to_dict() == CharTokenizer().to_dict()
+    assert same_weights(model, loaded.model)
+    g = torch.Generator().manual_seed(0)
+    texts, src_lens = torch.randint(3, 30, (2, 9), generator=g), torch.tensor([9, 6])
+    mels, mel_lens = torch.randint(0, model.codebook_size, (2, 11), generator=g), torch.tensor([11, 7])
+    em = torch.randn(2, cfg.model.emotion_input_size, generator=g)
+    speakers = torch.tensor([0, 1])
+    with torch.no_grad():
+        want = model(speakers, texts, src_lens, mels, mel_lens, em)
+        got = loaded.model(speakers, texts, src_lens, mels, mel_lens, em)
+    assert torch.equal(want.logits, got.logits)
+    assert (want.stop_logits is None) == (got.stop_logits is None)
+    if want.stop_logits is not None:
+        assert torch.equal(want.stop_logits, got.stop_logits)

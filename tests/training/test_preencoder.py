@@ -16,6 +16,7 @@ import yaml
 
 import train_preencoder as tp
 from model.preencoder import lengths_to_mask
+from model.preencoder_artifact import model_from_checkpoint
 from scripted_preencoder import ScriptedPreEncoder
 from utils.checkpoint import list_checkpoints, load_checkpoint
 from utils.logger import find_run_dir, read_offline_history
@@ -64,7 +65,7 @@ def test_training_logs_checkpoints_and_exports(trained):
 
 def test_export_loads_and_equals_eager(trained):
     _, out, _ = trained
-    model, _, step = tp.model_from_checkpoint(str(out / "ckpt" / "best.pt"))
+    model, _, step = model_from_checkpoint(str(out / "ckpt" / "best.pt"))
     pe = ScriptedPreEncoder(out / "export")
     assert (pe.codebook_size, pe.mel_channels, pe.audio.hop_length) == (1000, 80, 256)
     mel = torch.randn(2, 30, 80) * 2.5 - 5
@@ -121,8 +122,8 @@ def test_weights_export_is_tensors_only_and_rebuilds_the_best_model(trained):
     state = torch.load(out / "export" / "weights.pt", weights_only=True)
     assert state["format"] == "preencoder-export" and state["format_version"] == 1
     assert set(state) == {"format", "format_version", "config", "model"}
-    model, _, _ = tp.model_from_checkpoint(str(out / "export" / "weights.pt"))
-    best, _, _ = tp.model_from_checkpoint(str(out / "ckpt" / "best.pt"))
+    model, _, _ = model_from_checkpoint(str(out / "export" / "weights.pt"))
+    best, _, _ = model_from_checkpoint(str(out / "ckpt" / "best.pt"))
     for k, v in best.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
 
