@@ -151,7 +151,8 @@ def test_guided_loss_trains_the_models_own_attention_not_the_prior():
     assert m(torch.zeros(texts.shape[0], dtype=torch.long), texts, sl, mels, ml).cross_weights is None  # only computed when asked
 
 
-def test_a_few_steps_of_the_guided_loss_make_the_attention_diagonal():
+def _train_attention(loss_fn, steps: int) -> tuple[float, float, list[float]]:
+    """Train a tiny model on one alignment loss alone: diagonality before, after, and the losses."""
     m = tiny_model().train()
     g = torch.Generator().manual_seed(0)
     texts, sl = torch.randint(3, 30, (4, 12), generator=g), torch.tensor([12, 10, 8, 12])
@@ -159,13 +160,20 @@ def test_a_few_steps_of_the_guided_loss_make_the_attention_diagonal():
     batch = dict(speakers=torch.zeros(4, dtype=torch.long), texts=texts, src_lens=sl, mels=mels, mel_lens=ml)
     before = float(diagonality(cross_attention_maps(m, batch)[-1], sl, ml + 1).mean())
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    for _ in range(30):
-        out = m(torch.zeros(texts.shape[0], dtype=torch.long), texts, sl, mels, ml, return_cross_weights=True)
-        loss = guided_attention_loss(out.cross_weights, sl, ml + 1, 0.2)
+    losses = []
+    for _ in range(steps):
+        out = m(torch.zeros(4, dtype=torch.long), texts, sl, mels, ml, return_cross_weights=True)
+        loss = loss_fn(out.cross_weights, sl, ml + 1)
+        losses.append(loss.item())
         opt.zero_grad()
         loss.backward()
         opt.step()
     after = float(diagonality(cross_attention_maps(m, batch)[-1], sl, ml + 1).mean())
+    return before, after, losses
+
+
+def test_a_few_steps_of_the_guided_loss_make_the_attention_diagonal():
+    before, after, _ = _train_attention(lambda w, sl, tl: guided_attention_loss(w, sl, tl, 0.2), 30)
     assert before < 0.6 and after > 0.8, (before, after)
 
 
@@ -221,22 +229,7 @@ def test_forward_sum_row_too_short_for_its_text_contributes_nothing():
 
 
 def test_a_few_steps_of_the_forward_sum_loss_make_the_attention_monotonic():
-    m = tiny_model().train()
-    g = torch.Generator().manual_seed(0)
-    texts, sl = torch.randint(3, 30, (4, 12), generator=g), torch.tensor([12, 10, 8, 12])
-    mels, ml = torch.randint(0, 100, (4, 48), generator=g), torch.tensor([48, 40, 30, 44])
-    batch = dict(speakers=torch.zeros(4, dtype=torch.long), texts=texts, src_lens=sl, mels=mels, mel_lens=ml)
-    before = float(diagonality(cross_attention_maps(m, batch)[-1], sl, ml + 1).mean())
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(40):
-        out = m(torch.zeros(4, dtype=torch.long), texts, sl, mels, ml, return_cross_weights=True)
-        loss = forward_sum_loss(out.cross_weights, sl, ml + 1)
-        losses.append(loss.item())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = float(diagonality(cross_attention_maps(m, batch)[-1], sl, ml + 1).mean())
+    before, after, losses = _train_attention(forward_sum_loss, 40)
     assert losses[-1] < 0.5 * losses[0], losses
     assert before < 0.6 and after > 0.8, (before, after)
 
