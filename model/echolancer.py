@@ -362,8 +362,7 @@ class Echolancer(nn.Module):
         tgt_pad: Optional[Tensor] = None,
         cross_bias: Optional[Tensor] = None,
         cross_weights: Optional[list[Tensor]] = None,
-        cross_allowed: Optional[Tensor] = None,
-        weights_with_bias: bool = False,
+        steer: Optional[Tensor] = None,
     ) -> Tensor:
         """Decoder over a whole (framed) sequence, no cache.
 
@@ -375,12 +374,11 @@ class Echolancer(nn.Module):
                 without ``cross_bias``, are appended to it (computed explicitly, differentiable: for
                 pictures and the guided alignment loss; this forward then runs SDPA whatever the
                 backend).
-            cross_allowed: (B, T, S) bool, the text each step may attend to (an inference-time
-                attention window, see ``model/alignment.py``), or None; a hard mask, so the
-                ``cross_weights`` obey it too.
-            weights_with_bias: the ``cross_weights`` include ``cross_bias`` (the attention the
-                decoder actually used, as alignment-tracked decoding reads it) rather than the
-                model's own (as the training losses read it).
+            steer: inference-time steering of each step's cross-attention (``model/tracking.py``):
+                (B, T, S) bool, the text each step may attend to (the monotonic window), or float,
+                a prior added to the scores (alignment tracking; −inf at padded text); or None.
+                Unlike ``cross_bias`` it is part of the decoder's own attention, so the
+                ``cross_weights`` include it.
         Returns:
             (B, T, Dd) final hidden states.
         """
@@ -388,7 +386,7 @@ class Echolancer(nn.Module):
         x = self.audio_embed(inputs) + self.dec_cond(enc.cond)[:, None, :]
         if not self.use_alibi:
             x = x + sinusoidal_positions(torch.arange(T, device=x.device), x.shape[-1]).to(x.dtype)
-        if self.attention_backend == "flex" and cross_weights is None and cross_allowed is None:
+        if self.attention_backend == "flex" and cross_weights is None and steer is None:
             slopes = self.dec_slopes if self.use_alibi else None
             self_flex = flex_self_attention_mask(None, T, True, slopes, device=x.device)
             cross_flex = flex_cross_attention_mask(enc.src_pad, cross_bias)
@@ -399,14 +397,18 @@ class Echolancer(nn.Module):
             tgt_pad, T, True, self.dec_slopes if self.use_alibi else None, compute_dtype(x)
         )
         own_mask = (~enc.src_pad)[:, None, None, :]  # (B, 1, 1, S) bool
-        if cross_allowed is not None:
-            own_mask = own_mask & cross_allowed[:, None]  # (B, 1, T, S)
+        if steer is not None and steer.dtype == torch.bool:
+            own_mask = own_mask & steer[:, None]  # (B, 1, T, S)
+        elif steer is not None:
+            own_mask = steer[:, None].to(compute_dtype(x)).masked_fill(~own_mask, float("-inf"))
         cross_mask = own_mask
-        if cross_bias is not None:
-            cross_mask = cross_bias[:, None].to(compute_dtype(x)).masked_fill(~own_mask, float("-inf"))
+        if cross_bias is not None:  # the training prior: in the scores, not in the model's own weights
+            bias = cross_bias[:, None].to(compute_dtype(x))
+            cross_mask = (bias.masked_fill(~own_mask, float("-inf")) if own_mask.dtype == torch.bool
+                          else own_mask + bias)
         for layer in self.dec_layers:
             x = layer(x, self_mask, is_causal, cross_mask, tgt_pad, memory=enc.memory,
-                      cross_weights=cross_weights, weights_mask=None if weights_with_bias else own_mask)
+                      cross_weights=cross_weights, weights_mask=own_mask)
         return self.dec_norm(x)
 
     def project(self, h: Tensor) -> tuple[Tensor, Optional[Tensor]]:

@@ -205,13 +205,9 @@ class _Recompute:
         if self.tracker is None:
             return model.project(model.decode(inputs[:, : t + 1], self.enc)[:, -1])
         self.pos_hist[:, t] = self.tracker.pos
-        mask = steer(self.pos_hist[:, : t + 1], self.valid, self.align, self.dtype)
         weights: list[Tensor] = []
-        if mask.dtype == torch.bool:
-            h = model.decode(inputs[:, : t + 1], self.enc, cross_weights=weights, cross_allowed=mask)
-        else:
-            h = model.decode(inputs[:, : t + 1], self.enc, cross_bias=mask, cross_weights=weights,
-                             weights_with_bias=True)
+        h = model.decode(inputs[:, : t + 1], self.enc, cross_weights=weights,
+                         steer=steer(self.pos_hist[:, : t + 1], self.valid, self.align, self.dtype))
         self.tracker.update(mean_attention(weights))
         return model.project(h[:, -1])
 
