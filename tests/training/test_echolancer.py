@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from data.dummy import create_dummy_data_files
 from model.pretrained import EXPORT_FORMAT, load_echolancer
+from tests.training.tiny_run import BASE, MODEL_CFG, ROOT, TRAIN_CFG, dummy_data
 from train import main as train_main
 from training.echolancer import RunPaths, Trainer
 from utils.checkpoint import list_checkpoints, load_checkpoint
@@ -21,13 +21,7 @@ from utils.config import ConfigError, load_configs
 from utils.distributed import DistInfo
 from utils.scheduler import lr_multiplier
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODEL_CFG = os.path.join(ROOT, "config/model_tiny.yaml")
-TRAIN_CFG = os.path.join(ROOT, "config/train_tiny.yaml")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-BASE = ["training.batch_size=4", "training.log_step=1", "training.val_step=1000", "training.save_step=1000",
-        "training.test_step=1000", "training.epochs=10", "scheduler.warmup_steps=2", "scheduler.total_steps=8",
-        "early_stopping.restore_best=false"]
 
 
 @pytest.fixture(autouse=True)
@@ -37,11 +31,7 @@ def no_wandb(monkeypatch):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    mcfg, _ = load_configs(MODEL_CFG, TRAIN_CFG)
-    create_dummy_data_files(str(root / "train"), mcfg, n_files=16, max_text_len=20, seed=0)
-    create_dummy_data_files(str(root / "val"), mcfg, n_files=4, max_text_len=20, seed=1)
-    return str(root / "train"), str(root / "val")
+    return dummy_data(tmp_path_factory.mktemp("data"), 16, 4)
 
 
 def make_trainer(data, out, overrides=(), resume=None, **kw) -> Trainer:

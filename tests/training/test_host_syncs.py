@@ -9,22 +9,18 @@ the model is single-speaker here because its speaker-range check reads ids on th
 """
 
 import logging
-import os
 
 import pytest
 import torch
 
 import training.engine as engine
-from data.dummy import create_dummy_data_files
+from tests.training.tiny_run import MODEL_CFG, TRAIN_CFG, dummy_data
 from training.echolancer import DEVICE_METRICS, RunPaths, Trainer
 from training.engine import MetricWindow, resolve_optimizer_impl
 from utils.checkpoint import load_checkpoint
 from utils.config import load_configs
 from utils.distributed import DistInfo
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODEL_CFG = os.path.join(ROOT, "config/model_tiny.yaml")
-TRAIN_CFG = os.path.join(ROOT, "config/train_tiny.yaml")
 BASE = ["training.batch_size=4", "training.log_step=4", "training.check_step=4", "training.val_step=1000",
         "training.save_step=1000", "training.test_step=1000", "training.epochs=10", "scheduler.warmup_steps=2",
         "scheduler.total_steps=8", "early_stopping.restore_best=false", "model.multi_speaker=false"]
@@ -38,10 +34,7 @@ def no_wandb(monkeypatch):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    mcfg, _ = load_configs(MODEL_CFG, TRAIN_CFG, ["model.multi_speaker=false"])
-    create_dummy_data_files(str(root / "train"), mcfg, n_files=16, max_text_len=20, seed=0)
-    return str(root / "train")
+    return dummy_data(tmp_path_factory.mktemp("data"), 16, overrides=("model.multi_speaker=false",))[0]
 
 
 def make_trainer(data, out, overrides=()) -> Trainer:

@@ -1,13 +1,12 @@
 """Fine-tuning: a new run from a trained model's weights only (train.py --init_from), and training.freeze."""
 
-import os
 
 import pytest
 import torch
 
-from data.dummy import create_dummy_data_files
 from model.echolancer import Echolancer
 from model.pretrained import load_echolancer
+from tests.training.tiny_run import BASE, MODEL_CFG, TRAIN_CFG, dummy_data
 from train import main as train_main
 from training.echolancer import RunPaths, Trainer
 from training.engine import seed_everything
@@ -17,13 +16,6 @@ from utils.config import ConfigError, load_configs
 from utils.distributed import DistInfo
 from utils.phonemes import make_tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODEL_CFG = os.path.join(ROOT, "config/model_tiny.yaml")
-TRAIN_CFG = os.path.join(ROOT, "config/train_tiny.yaml")
-BASE = ["training.batch_size=4", "training.log_step=1", "training.val_step=1000", "training.save_step=1000",
-        "training.test_step=1000", "training.epochs=10", "scheduler.warmup_steps=2", "scheduler.total_steps=8",
-        "early_stopping.restore_best=false"]
-
 
 @pytest.fixture(autouse=True)
 def no_wandb(monkeypatch):
@@ -32,10 +24,7 @@ def no_wandb(monkeypatch):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    mcfg, _ = load_configs(MODEL_CFG, TRAIN_CFG)
-    create_dummy_data_files(str(root / "train"), mcfg, n_files=12, max_text_len=20, seed=0)
-    return str(root / "train"), None
+    return dummy_data(tmp_path_factory.mktemp("data"), 12)
 
 
 def make_trainer(data, out, overrides=(), **kw) -> Trainer:
