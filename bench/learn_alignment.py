@@ -67,12 +67,16 @@ VARIANTS: dict[str, tuple[list[str], bool, bool, bool, bool]] = {
     "symmetric_old": (["model.use_alibi=true"], False, True, False, False),
     "sinusoidal": (["model.use_alibi=false"], False, False, False, False),
     "directional": (["model.use_alibi=true", "model.encoder_position=directional"], False, False, False, False),
-    "absolute": (["model.use_alibi=true", "model.encoder_position=absolute"], False, False, False),
+    "absolute": (["model.use_alibi=true", "model.encoder_position=absolute"], False, False, False, False),
     "directional_absolute": (["model.use_alibi=true", "model.encoder_position=directional_absolute"],
-                             False, False, False),
-    "directional+prior": (["model.use_alibi=true", "model.encoder_position=directional"], True, False, False),
-    "absolute+prior": (["model.use_alibi=true", "model.encoder_position=absolute"], True, False, False),
-    "sinusoidal+prior": (["model.use_alibi=false"], True, False, False),
+                             False, False, False, False),
+    "directional+prior": (["model.use_alibi=true", "model.encoder_position=directional"], True, False, False,
+                          False),
+    "absolute+prior": (["model.use_alibi=true", "model.encoder_position=absolute"], True, False, False, False),
+    "sinusoidal+prior": (["model.use_alibi=false"], True, False, False, False),
+    # the default with a fifth of the teacher-forced audio inputs hidden (model.decoder.token_dropout)
+    "token_dropout": (["model.decoder.token_dropout=0.2"], True, False, True, False),
+    "token_dropout_forward_sum": (["model.decoder.token_dropout=0.2"], True, False, True, True),
 }
 
 

@@ -233,6 +233,7 @@ class Echolancer(nn.Module):
             for _ in range(dec.layer)
         )
         self.dec_norm = nn.LayerNorm(dec.hidden)
+        self.token_dropout = dec.token_dropout  # teacher forcing only, see hide_tokens
         self.head = nn.Linear(dec.hidden, self.n_vocab)
         self.stop_head = nn.Linear(dec.hidden, 1) if cfg.stop_head else None
         self.register_buffer("dec_slopes", alibi_slopes(dec.head, cfg.alibi_alpha), persistent=False)
@@ -355,6 +356,22 @@ class Echolancer(nn.Module):
         targets = targets.scatter(1, mel_lens[:, None].long(), self.eos_id)
         return inputs, targets, tgt_pad
 
+    def hide_tokens(self, inputs: Tensor) -> Tensor:
+        """Replace a random ``token_dropout`` share of the audio inputs (never BOS) by ``pad_id``.
+
+        ``pad_id`` never reaches a valid position otherwise (padding is masked out of every
+        attention), so its embedding is free to mean "unknown audio". Draws from torch's global
+        RNG, which checkpoints save, so a resumed run hides the same tokens.
+
+        Args:
+            inputs: (B, T) framed decoder inputs, BOS first.
+        Returns:
+            (B, T) the inputs with the hidden positions set to ``pad_id``.
+        """
+        hide = torch.rand(inputs.shape, device=inputs.device) < self.token_dropout
+        hide[:, 0] = False
+        return inputs.masked_fill(hide, self.pad_id)
+
     def decode(
         self,
         inputs: Tensor,
@@ -443,6 +460,8 @@ class Echolancer(nn.Module):
         """
         enc = self.encode(speakers, texts, src_lens, em_hidden, vq_tokens, vq_token_lens)
         inputs, targets, tgt_pad = self.frame(mels, mel_lens)
+        if self.training and self.token_dropout > 0:
+            inputs = self.hide_tokens(inputs)
         weights: Optional[list[Tensor]] = [] if return_cross_weights else None
         h = self.decode(inputs, enc, tgt_pad, cross_bias, cross_weights=weights)
         logits, stop = self.project(h)

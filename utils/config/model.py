@@ -47,6 +47,15 @@ class EncoderConfig:
 @dataclass
 class DecoderConfig(EncoderConfig):
     layer: int = 4
+    # Share of teacher-forced audio input tokens replaced by an "unknown" token while training. The
+    # next codec token is easy to guess from the previous ones, so a small decoder can lower its loss
+    # while barely reading the text; hiding some of its audio context makes the text the reliable cue
+    # (the role the always-on pre-net dropout plays in Tacotron). 0 = off.
+    token_dropout: float = 0.0
+
+    def check(self) -> None:
+        super().check()
+        require(0.0 <= self.token_dropout < 1.0, f"decoder.token_dropout must be in [0, 1), got {self.token_dropout}")
 
 
 @dataclass
