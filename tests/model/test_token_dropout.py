@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from model import Echolancer
-from utils.config import ConfigError, load_config
 from tests.model.test_echolancer import TINY, batch, make_model
+from utils.config import ConfigError, load_config
 
 
 def test_hidden_inputs_become_pad_at_about_the_configured_share_and_never_bos():
