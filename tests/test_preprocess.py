@@ -220,7 +220,11 @@ def test_qa_report_hours_outliers_unmappable_characters_and_round_trip_error(cor
     assert report["speakers"]["qa"]["hours"] == pytest.approx(sum(seconds) / 3600, rel=1e-3)
     assert report["total_hours"] == pytest.approx(sum(seconds) / 3600, rel=1e-3)
     cps = report["chars_per_second"]
-    assert [o["key"] for o in cps["outliers"]] == ["EL_0005"]
+    # Outliers are listed farthest from the median first. Piper's clip lengths vary a little from
+    # run to run, and with five clips the quartile fences are tight enough that a normal clip can
+    # cross one, so only the planted one's place is asserted (the fence rule has its own test).
+    assert cps["outliers"][0]["key"] == "EL_0005"
+    assert cps["outliers"][0]["value"] > cps["fences"][1]
     assert set(cps) >= {"count", "min", "median", "p95", "max", "mean", "outliers"}
     assert report["duration_seconds"]["count"] == 5
     assert report["unmappable_characters"] == {"*": 1, "^": 1}  # what the normaliser cannot read out
