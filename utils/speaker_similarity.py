@@ -23,6 +23,7 @@ backport and ``webrtcvad``, which only builds from source; ``webrtcvad-wheels`` 
 
 from __future__ import annotations
 
+import importlib.metadata
 import warnings
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,8 @@ class SpeakerEncoder:
         self._rz = _import_resemblyzer()
         self.device = torch.device(device)
         self.model = _build_voice_encoder(self.device)
+        # What the reports name as the scorer: figures from another encoder are not comparable.
+        self.name = f"resemblyzer {importlib.metadata.version('resemblyzer')} VoiceEncoder (GE2E, 16 kHz)"
 
     def preprocess(self, wav: torch.Tensor | np.ndarray, sample_rate: int) -> np.ndarray:
         """The waveform as the encoder wants it: mono 16 kHz in [-1, 1], quiet clips raised to
@@ -123,11 +126,13 @@ class SpeakerEncoder:
             (M,) float32 at ``ENCODER_RATE``; empty when the clip has no signal.
         """
         x = torch.as_tensor(wav, dtype=torch.float32).reshape(-1).cpu()
+        if x.numel() == 0:
+            return np.zeros(0, dtype=np.float32)
         if sample_rate != ENCODER_RATE:  # the same resampler as the ASR (utils/asr.py)
             x = torchaudio.functional.resample(x, sample_rate, ENCODER_RATE)
         # The VAD converts to 16-bit PCM without clipping: out-of-range samples would wrap around.
         x = x.clamp(-1.0, 1.0).numpy().astype(np.float32)
-        if x.size == 0 or not np.isfinite(x).all() or not np.any(x):
+        if not np.isfinite(x).all() or not np.any(x):
             return np.zeros(0, dtype=np.float32)
         x = self._rz.normalize_volume(x, self._rz.hparams.audio_norm_target_dBFS, increase_only=True)
         trimmed = self._rz.trim_long_silences(x)
