@@ -14,8 +14,9 @@ of sentences that hit ``max_length`` without stopping, the ratio of generated to
 real-time factor (synthesis seconds per second of audio) and, where there is a recording of the
 sentence, the speaker similarity: the cosine of the speaker embeddings of each clip and that
 recording (``utils/speaker_similarity.py``, Resemblyzer's packaged encoder, offline; the recordings
-against themselves score 1; ``--no_speaker_similarity`` leaves it out). Results go to ``OUT/eval_report.json``,
-the console and W&B (offline by default); the audio of every stage is kept under ``OUT/<stage>/``.
+against themselves score 1; ``--no_speaker_similarity`` leaves it out). Results go to
+``OUT/eval_report.json``, the console and W&B (offline by default); the audio of every stage is
+kept under ``OUT/<stage>/``.
 
 ``--reference_dir`` (a corpus in any layout ``preprocess.py`` reads) supplies sentences with real
 audio: its clips are scored the same way ("ground_truth"), and model lengths are compared with
