@@ -1,6 +1,8 @@
 """export_deploy.py and model/deploy.py: the TorchScript chain equals the eager one, or is refused."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from tests.tiny_chain import TEXT, build_chain
 from utils.char_tokenizer import CharTokenizer
 from utils.config import load_config
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = {"deploy.yaml", "encoder.pt", "decode_step.pt", "preencoder_decoder.pt", "vocoder.pt"}
 
 
@@ -122,3 +125,18 @@ def test_bad_values_are_one_line_errors(parts, tmp_path, capsys):
     assert export_deploy.main(["--checkpoint", str(tmp_path / "nope"), "--pre_encoder_dir", parts["pe"],
                                "--istftnet_dir", parts["voc"], "--output_dir", str(tmp_path / "o")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_the_deployed_chain_runs_without_the_model_code(deployed, tmp_path):
+    """A fresh process: the exported files, torch and the tokenizer; no model class is ever imported."""
+    script = (
+        "import sys\n"
+        "from model.deploy import DeployedChain\n"
+        f"out = DeployedChain({str(deployed)!r}).synthesize({TEXT!r}, min_length=20, max_length=64)\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('model.', 'pipeline', 'istftnetfe', 'scripted_')))\n"
+        "assert loaded == ['model.deploy', 'model.stream_audio'], loaded\n"
+        "print(len(out.tokens), out.wav.shape[0])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["20", str(20 * 256)]
