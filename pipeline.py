@@ -335,10 +335,13 @@ class Synthesizer:
             if self.pre_encoder is None:
                 raise PipelineError("pre-encoder", "streaming needs a pre-encoder (tokens alone are not audio)")
             ds, codebook = self.pre_encoder.downsample, self.pre_encoder.codebook_size
+            on_cpu = torch.device(self.pre_encoder.device).type == "cpu" and (
+                self.vocoder is None or self.vocoder.device.type == "cpu")
             if self.vocoder is not None:
-                self._reach = measure_reach(self.render, codebook, ds * self.audio.hop_length)
+                self._reach = measure_reach(self.render, codebook, ds * self.audio.hop_length, exact=on_cpu)
             else:
-                self._reach = measure_reach(lambda t, n: self._mels(t, torch.tensor([n]))[0], codebook, ds)
+                self._reach = measure_reach(lambda t, n: self._mels(t, torch.tensor([n]))[0], codebook, ds,
+                                            exact=on_cpu)
         return self._reach
 
     def stream(self, text: str, speaker: Optional[int] = None, chunk_tokens: int = 32,

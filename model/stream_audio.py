@@ -102,19 +102,21 @@ class AudioChunker:
         return seg[:-keep]
 
 
-def measure_reach(render: Render, codebook_size: int, per_token: int, probe_tokens: int = 64,
+def measure_reach(render: Render, codebook_size: int, per_token: int, exact: bool = True, probe_tokens: int = 64,
                   max_tokens: int = 4096) -> Reach:
     """The receptive field of ``render`` in tokens, measured on the modules themselves.
 
-    One token in the middle of a random probe is changed; every output sample that moves (beyond
-    float rounding) depends on it. Samples that move ``d`` tokens to its right depend on tokens
+    One token in the middle of a random probe is changed; every output sample that moves (at all
+    on the CPU, beyond float rounding elsewhere) depends on it. Samples that move ``d`` tokens to its right depend on tokens
     ``d`` to their left (``Reach.left``), and the other way round. A probe whose edges move is
     doubled until the change dies out inside it. One token of margin is added on each side: a
     tap whose contribution happens to round away must not shorten the context.
 
     Args:
         render: as :class:`AudioChunker` takes it.  codebook_size: token ids are in [0, this).
-        per_token: output samples per token.  probe_tokens: first probe length.
+        per_token: output samples per token.
+        exact: the render computes on the CPU (any change counts); False on a GPU (a change must
+            exceed 1e-6 of the output's scale).  probe_tokens: first probe length.
         max_tokens: longest probe before giving up (a render that is not local, e.g. Griffin-Lim).
     Raises:
         ValueError: the render's reach is longer than ``max_tokens`` / 2.
@@ -130,7 +132,10 @@ def measure_reach(render: Render, codebook_size: int, per_token: int, probe_toke
             other = probe.clone()
             other[0, c] = (other[0, c] + shift) % codebook_size
             diff = (render(other, n).float() - base).abs().reshape(n * per_token, -1).amax(dim=1)
-            tol = 1e-6 * float(base.abs().max()) + 1e-12  # GPU kernels may round a changed window differently
+            # On the CPU a sample whose inputs did not change is computed bit for bit as before, so
+            # any change at all marks a dependency: the exact receptive field. GPU kernels may pick
+            # algorithms whose rounding spreads, so there a change must stand above float noise.
+            tol = 0.0 if exact else 1e-6 * float(base.abs().max())
             moved = torch.nonzero(diff > tol).flatten()
             if moved.numel():
                 lo, hi = min(lo, int(moved[0]) // per_token), max(hi, int(moved[-1]) // per_token)

@@ -1,16 +1,20 @@
 """Streaming synthesis (model/streaming.py, Synthesizer.stream): the stream is one-shot synthesis, a chunk at a time."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from model.echolancer import Echolancer
+from model.istftnet import ISTFTNetGenerator
 from model.streaming import AudioChunker, Reach, TokenStream, measure_reach
 from pipeline import PipelineError, Synthesizer
 from tests.tiny_chain import TEXT, build_chain
 from utils.audio import mel_spectrogram
 from utils.char_tokenizer import CharTokenizer
 from utils.config import AudioConfig
+from utils.config.vocoder import GeneratorConfig
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +103,44 @@ def test_chunk_boundaries_follow_the_reach(chain):
     assert total + chunker.finish().size == 60 * 256
 
 
+def conv_reach(m) -> tuple[int, int]:
+    """Inputs a Conv1d output reads to its left and right."""
+    k, d, p = m.kernel_size[0], m.dilation[0], m.padding[0]
+    return p, d * (k - 1) - p
+
+
+def generator_reach(gen: ISTFTNetGenerator, n_fft: int, hop: int) -> tuple[float, float]:
+    """The generator's receptive field in mel frames, added up from its layers (an independent check)."""
+    scale, left, right = 1.0, 0.0, 0.0  # scale: positions per mel frame where the layer runs
+    parts = [conv_reach(gen.conv_pre)]
+    for i, up in enumerate(gen.ups):
+        k, s, p = up.kernel_size[0], up.stride[0], up.padding[0]
+        parts.append(((k - 1 - p) / s, p / s))
+        for a, b in parts:
+            left, right = left + a / scale, right + b / scale
+        parts, scale = [], scale * s
+        blocks = gen.resblocks[i * gen.num_kernels : (i + 1) * gen.num_kernels]  # parallel: the widest counts
+        sums = [[sum(x) for x in zip(*(conv_reach(c) for pair in zip(b.convs1, b.convs2) for c in pair))] for b in blocks]
+        parts.append((max(x[0] for x in sums), max(x[1] for x in sums)))
+    parts += [gen.reflection_pad.padding, conv_reach(gen.conv_post), (n_fft / 2 / hop, n_fft / 2 / hop)]
+    for a, b in parts:
+        left, right = left + a / scale, right + b / scale
+    return left, right
+
+
 def test_reach_is_measured_from_the_modules(tmp_path):
-    """The reach grows with the vocoder's and the pre-encoder's kernels: nothing hard-coded."""
+    """The measured reach is what the layers add up to: nothing hard-coded."""
     model, pre, voc = build_chain(tmp_path)
-    small = Synthesizer(model, CharTokenizer(), pre_encoder=pre, vocoder=voc).stream_reach()
+    whole = Synthesizer(model, CharTokenizer(), pre_encoder=pre, vocoder=voc).stream_reach()
     pre_only = Synthesizer(model, CharTokenizer(), pre_encoder=pre).stream_reach()  # Griffin-Lim: the pre-encoder
     # Pre-encoder: 2 blocks of kernel 3, one frame per token: 2 tokens each side (+1 margin).
     assert pre_only == Reach(3, 3)
-    assert small.left > pre_only.left and small.right > pre_only.right
+    # The generator of tests/tiny_chain.py, added up layer by layer (in mel frames, fractions where
+    # the layers run on upsampled positions), plus the pre-encoder's 2: within a token of the measure.
+    left, right = generator_reach(ISTFTNetGenerator(GeneratorConfig(upsample_initial_channel=16), 80), 16, 4)
+    assert left > 10 and right > 10  # dominated by the dilated ResBlocks
+    for measured, counted in ((whole.left - 1, left + 2), (whole.right - 1, right + 2)):
+        assert math.floor(counted) - 1 <= measured <= math.ceil(counted)
 
     def shifted(tokens, n):  # a render whose output for token t is token t + 5's: reach 5 to the right
         return torch.cat([tokens[0, 5:], torch.zeros(5, dtype=torch.long)]).float().repeat_interleave(4)
