@@ -302,9 +302,9 @@ class Synthesizer:
             ))
         return out
 
-
     # ---- streaming ---------------------------------------------------------------------------------
 
+    @torch.no_grad()
     def render(self, tokens: Tensor, n_valid: int) -> Tensor:
         """A token span decoded on its own, as one-shot synthesis decodes a whole row.
 
