@@ -4,6 +4,7 @@
     python infer.py --checkpoint model.pt --text_file sentences.txt --batch_size 8 --temperature 0.8 --seed 1
     python infer.py --checkpoint outputs/run/ckpt --text "Hello." --bert_model ./minilm \\
         --pre_encoder_dir ./pre_encoder --istftnet_dir ./istftnet       # also writes 16-bit WAVs
+    python infer.py ... --pre_encoder_dir ./pre_encoder --istftnet_dir ./istftnet --stream --chunk_tokens 16
 
 ``--checkpoint`` is a checkpoint file or a ``ckpt/`` directory (its newest file); the checkpoint
 alone rebuilds the model, tokenizer and configs (``--model_config`` is only needed for a raw
@@ -14,6 +15,11 @@ Per sentence ``utt_NNNN`` it writes, under ``--output_dir``: ``utt_NNNN.tokens.n
 tokens, length L), ``utt_NNNN.gate.npy/.pt`` (stop probability per step), ``utt_NNNN.json``
 (text, normalised text, speaker, sampling settings, length, whether max_length was hit, time,
 tokens/s) and, when a pre-encoder is given, ``utt_NNNN.wav``.
+
+``--stream`` speaks each sentence through ``Synthesizer.stream`` (one at a time): audio comes a chunk
+every ``--chunk_tokens`` codec tokens while decoding goes on; the files are the same (the WAV is the
+chunks joined: with ISTFTNet, one-shot synthesis of the same tokens), the JSON adds ``stream``
+(``first_audio_s``, ``chunks``) and the time to first audio is printed.
 
 Batch synthesis from a file: ``--text_file lines.txt`` speaks every non-empty line (``utt_0000`` is
 the first non-empty line, ``utt_0001`` the next, ...); ``--text_file lines.jsonl`` takes one JSON
@@ -45,6 +51,7 @@ from utils.device import pick_device
 
 PROG = "infer.py"  # how its error lines begin
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog."  # when neither --text nor --text_file is given
+DEFAULT_CHUNK_TOKENS = 32  # --stream without --chunk_tokens: about 0.37 s of audio per chunk
 JSONL_KEYS = ("text", "speaker", "id", "name")  # the keys a --text_file .jsonl line may have
 # A file stem from a JSONL id: no path separators, no hidden files, nothing a shell needs quoting for.
 STEM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -101,7 +108,27 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--bert_model", default=None, help="hub name or local dir of the BERT emotion front end")
     p.add_argument("--pre_encoder_dir", default=None, help="exported pre-encoder (codec tokens -> mel)")
     p.add_argument("--istftnet_dir", default=None, help="exported ISTFTNet vocoder (mel -> waveform)")
+    p.add_argument("--stream", action="store_true",
+                   help="synthesise each sentence as a stream of audio chunks (batch 1; needs --pre_encoder_dir): the "
+                        "same files, and the time to first audio is printed")
+    p.add_argument("--chunk_tokens", type=int, default=None,
+                   help=f"--stream: codec tokens decoded between audio chunks (default {DEFAULT_CHUNK_TOKENS})")
     return p.parse_args(argv)
+
+
+def check_stream_args(args: argparse.Namespace) -> None:
+    """--stream and --chunk_tokens: usable values, or one clear error (before the model loads)."""
+    if args.chunk_tokens is not None and not args.stream:
+        raise InferError(f"--chunk_tokens {args.chunk_tokens} is for --stream runs; add --stream (or leave it out)")
+    if not args.stream:
+        return
+    if args.chunk_tokens is None:
+        args.chunk_tokens = DEFAULT_CHUNK_TOKENS
+    if args.chunk_tokens < 1:
+        raise InferError(f"--chunk_tokens must be >= 1 (codec tokens per audio chunk), got {args.chunk_tokens}")
+    if args.pre_encoder_dir is None:
+        raise InferError("--stream needs --pre_encoder_dir: it streams audio, and codec tokens become audio through "
+                         "the pre-encoder (and --istftnet_dir, else Griffin-Lim)")
 
 
 def read_items(args: argparse.Namespace) -> list[Item]:
@@ -256,6 +283,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise InferError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.istftnet_dir is not None and args.pre_encoder_dir is None:
         raise InferError("--istftnet_dir needs --pre_encoder_dir: the vocoder speaks mels, the model codec tokens")
+    check_stream_args(args)
     if args.text_file is not None and not args.overwrite:
         check_output_clashes(args.output_dir, items)
     device = pick_device(args.device)  # no silent CPU run when CUDA was asked for or a GPU is present
@@ -278,6 +306,10 @@ def run(args: argparse.Namespace) -> list[dict]:
         "max_length": args.max_length, "seed": args.seed, "batch_size": args.batch_size, "compile": args.compile,
     }
     generator = torch.Generator(device=device).manual_seed(args.seed)
+    if args.stream:
+        args.batch_size = 1  # a stream is one sentence
+        sampling.update(batch_size=1, stream=True, chunk_tokens=args.chunk_tokens)
+        synth.stream_reach()  # measured once, before any sentence's clock starts
     audio = loaded.model_config.preprocessing.audio
     tokens_per_second_of_audio = audio.sampling_rate / audio.hop_length
     os.makedirs(args.output_dir, exist_ok=True)
@@ -291,11 +323,16 @@ def run(args: argparse.Namespace) -> list[dict]:
         if reference is not None:
             gen_kwargs["vq_tokens"] = reference[None].expand(len(batch), -1)
             gen_kwargs["vq_token_lens"] = torch.full((len(batch),), reference.numel(), device=device)
+        texts = [it.text for it in batch]
+        spk = None if default_speaker is None else batch_speakers
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        utts = synth.synthesize([it.text for it in batch], None if default_speaker is None else batch_speakers,
-                                generator=generator, **gen_kwargs)
+        if args.stream:
+            utts, streamed = stream_one(synth, texts[0], None if spk is None else spk[0], args.chunk_tokens,
+                                        generator, gen_kwargs)
+        else:
+            utts, streamed = synth.synthesize(texts, spk, generator=generator, **gen_kwargs), None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - t0
@@ -321,15 +358,37 @@ def run(args: argparse.Namespace) -> list[dict]:
                 "sample_rate": utt.sample_rate if utt.wav is not None else None,
                 "vocoder": utt.vocoder,
             }
+            if streamed is not None:
+                meta["stream"] = streamed
             if item.line is not None:
                 meta["source"] = {"file": args.text_file, "line": item.line}
             metas.append(write_utterance(args.output_dir, item.stem, utt, length, meta))
             flag = "  (hit max_length: no stop)" if meta["hit_max_length"] else ""
             print(f"{item.stem}: {length} tokens ({meta['audio_seconds']} s){flag}  {utt.text[:60]!r}")
             print(f"  spoken as: {utt.normalized_text!r}")  # what the normaliser made of it: the model reads this
+            if streamed is not None:
+                first = streamed["first_audio_s"]
+                print(f"  streamed: first audio after {first:.3f} s, {streamed['chunks']} chunk(s) of "
+                      f"{args.chunk_tokens} tokens, whole sentence {elapsed:.3f} s" if first is not None
+                      else "  streamed: no audio (the sentence stopped at once)")
         print(f"batch of {len(batch)}: {batch_tokens} tokens in {elapsed:.2f} s = {batch_tokens / elapsed:.1f} tokens/s")
     print(f"wrote {len(metas)} sentence(s) to {args.output_dir}")
     return metas
+
+
+def stream_one(synth, text: str, speaker: Optional[int], chunk_tokens: int, generator: torch.Generator,
+               gen_kwargs: dict) -> tuple[list, dict]:
+    """Speak one sentence through ``Synthesizer.stream``; its utterance (as ``synthesize`` gives one,
+    the wav joined from the chunks) and what the stream did (time to first audio, chunks)."""
+    kwargs = {k: v for k, v in gen_kwargs.items() if k not in ("vq_tokens", "vq_token_lens")}
+    if "vq_tokens" in gen_kwargs:
+        kwargs.update(vq_tokens=gen_kwargs["vq_tokens"][:1], vq_token_lens=gen_kwargs["vq_token_lens"][:1])
+    stream = synth.stream(text, speaker, chunk_tokens=chunk_tokens, generator=generator, **kwargs)
+    for _ in stream:  # a player would play each chunk here; the files get the joined audio
+        pass
+    first = None if stream.first_audio_s is None else round(stream.first_audio_s, 4)
+    return [stream.utterance], {"chunk_tokens": chunk_tokens, "first_audio_s": first,
+                                "chunks": len(stream.chunk_sizes)}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -7,6 +7,8 @@
                               pre_encoder_dir="runs/pe/export", istftnet_dir="runs/voc/export")
     for utt in synth.synthesize(["Hello there."], speakers=[0], temperature=0.0, max_length=600):
         save_wav(f"{i}.wav", utt.wav, utt.sample_rate)
+    for chunk in synth.stream("Hello there.", chunk_tokens=32, temperature=0.0):   # batch 1
+        play(chunk)                     # float32 (N,); joined, they equal synthesize() (ISTFTNet)
 
 Stages and layouts:
     tokenizer   text -> ids (an unspeakable text is an error, not silence)
@@ -23,19 +25,27 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from model.streaming import AudioChunker, Reach, TokenStream, measure_reach
 from utils.audio import check_same_audio, griffin_lim
 from utils.char_tokenizer import CharTokenizer
 from utils.config import AudioConfig
 from utils.device import pick_device
 
 log = logging.getLogger(__name__)
+
+# Griffin-Lim streaming (approximate): tokens rendered before each chunk for its phase estimate, and
+# tokens crossfaded between chunks. Measured in README "Streaming and deployment".
+GRIFFIN_LIM_CONTEXT = 16
+GRIFFIN_LIM_OVERLAP = 4
 
 
 class PipelineError(RuntimeError):
@@ -113,6 +123,7 @@ class Synthesizer:
         self.device = pick_device(device, what="Synthesizer device")
         self.griffin_lim_iters = griffin_lim_iters
         self._noted_griffin_lim = False
+        self._reach: Optional[Reach] = None  # stream_reach(), measured on first use
         cfg = model.cfg
         if tokenizer.vocab_size > cfg.vocab_size:
             raise PipelineError("tokenizer", f"tokenizer has {tokenizer.vocab_size} symbols but the model's "
@@ -187,16 +198,45 @@ class Synthesizer:
             raise ValueError(f"the model is single-speaker; speaker ids must be 0, got {speakers}")
         return torch.tensor(speakers, dtype=torch.long) if multi else None
 
+    def _inputs(self, texts: list[str], speakers: Optional[list[int]]):
+        """Text ids (B, S), lengths (B,), normalised texts, speaker ids (B,) or None, emotion
+        vectors (B, E) and the model's device; a failing stage raises its PipelineError."""
+        model_dev = next(self.model.parameters()).device
+        try:
+            ids, src_lens, normalized = self._tokenize(texts)
+        except ValueError as e:
+            raise PipelineError("tokenizer", str(e)) from e
+        try:
+            spk = self._speakers(speakers, len(texts))
+        except ValueError as e:
+            raise PipelineError("echolancer", str(e)) from e
+        try:
+            em = self._emotion(texts)
+        except Exception as e:
+            raise _wrap("bert", e) from e
+        return ids, src_lens, normalized, spk, em, model_dev
+
+    def _mels(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """Codec tokens (B, T) with valid tokens per row (B,) -> mel (B, T * downsample, C) float."""
+        try:
+            clean = tokens.masked_fill(torch.arange(tokens.shape[1])[None] >= lengths[:, None], 0)
+            return self.pre_encoder.decode(clean, lengths).float()
+        except Exception as e:
+            raise _wrap("pre-encoder", e) from e
+
+    def _note_griffin_lim(self) -> None:
+        if not self._noted_griffin_lim:
+            log.warning("no vocoder given: inverting mels with Griffin-Lim (%d iterations), a reference "
+                        "rather than a vocoder; pass an ISTFTNet export for real audio", self.griffin_lim_iters)
+            self._noted_griffin_lim = True
+
     def _to_wav(self, mels: Tensor, frames: Tensor) -> list[np.ndarray]:
         """mels (B, T, C) with valid frames per row -> waveforms of frames * hop samples."""
         hop = self.audio.hop_length
         if self.vocoder is not None:
             wav = self.vocoder(mels.transpose(1, 2).to(self.vocoder.device))  # the vocoder speaks (B, C, T)
             return [wav[b, : int(frames[b]) * hop].float().cpu().numpy() for b in range(len(frames))]
-        if not self._noted_griffin_lim:
-            log.warning("no vocoder given: inverting mels with Griffin-Lim (%d iterations), a reference "
-                        "rather than a vocoder; pass an ISTFTNet export for real audio", self.griffin_lim_iters)
-            self._noted_griffin_lim = True
+        self._note_griffin_lim()
         out = []
         for b in range(len(frames)):  # one row at a time: the padding must not leak into the phase
             n = int(frames[b])
@@ -220,19 +260,7 @@ class Synthesizer:
         """
         if isinstance(texts, str) or not texts:
             raise ValueError("synthesize: texts must be a non-empty list of strings")
-        model_dev = next(self.model.parameters()).device
-        try:
-            ids, src_lens, normalized = self._tokenize(list(texts))
-        except ValueError as e:
-            raise PipelineError("tokenizer", str(e)) from e
-        try:
-            spk = self._speakers(speakers, len(texts))
-        except ValueError as e:
-            raise PipelineError("echolancer", str(e)) from e
-        try:
-            em = self._emotion(list(texts))
-        except Exception as e:
-            raise _wrap("bert", e) from e
+        ids, src_lens, normalized, spk, em, model_dev = self._inputs(list(texts), speakers)
         try:
             res = self.model.infer(
                 None if spk is None else spk.to(model_dev), ids.to(model_dev), src_lens.to(model_dev),
@@ -246,12 +274,8 @@ class Synthesizer:
         mels: Optional[Tensor] = None
         frames = lengths
         if self.pre_encoder is not None and tokens.shape[1] > 0:
-            try:
-                clean = tokens.masked_fill(torch.arange(tokens.shape[1])[None] >= lengths[:, None], 0)
-                mels = self.pre_encoder.decode(clean, lengths).float()
-                frames = lengths * self.pre_encoder.downsample
-            except Exception as e:
-                raise _wrap("pre-encoder", e) from e
+            mels = self._mels(tokens, lengths)
+            frames = lengths * self.pre_encoder.downsample
         wavs: list[Optional[np.ndarray]] = [None] * len(texts)
         if mels is not None:
             try:
@@ -277,6 +301,136 @@ class Synthesizer:
                 else res.attended[b, : n + (0 if res.hit_max_length[b] else 1)].cpu(),
             ))
         return out
+
+    # ---- streaming ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def render(self, tokens: Tensor, n_valid: int) -> Tensor:
+        """A token span decoded on its own, as one-shot synthesis decodes a whole row.
+
+        Args:
+            tokens: (1, W) codec tokens; those from ``n_valid`` on are padding (masked, as the
+                batch framing of :meth:`synthesize` masks them).
+        Returns:
+            ISTFTNet: (W * downsample * hop,) float32 samples (the padding's too). Griffin-Lim:
+            the ``n_valid * downsample * hop`` samples of the valid frames, as :meth:`synthesize`.
+        """
+        mel = self._mels(tokens.cpu(), torch.tensor([n_valid]))  # (1, W * ds, C)
+        try:
+            if self.vocoder is not None:
+                return self.vocoder(mel.transpose(1, 2).to(self.vocoder.device))[0].float().cpu()
+            frames = n_valid * self.pre_encoder.downsample
+            if frames == 0:
+                return torch.zeros(0)
+            wav = griffin_lim(mel[0, :frames].T.float().cpu(), self.audio, n_iter=self.griffin_lim_iters)
+            return wav.clamp(-1.0, 1.0)
+        except Exception as e:
+            raise _wrap("vocoder", e) from e
+
+    def stream_reach(self) -> Reach:
+        """The receptive field, in tokens, of what a chunk is decoded through, measured once
+        (:func:`model.streaming.measure_reach`): pre-encoder and ISTFTNet, or with Griffin-Lim
+        the pre-encoder alone (Griffin-Lim itself is not local)."""
+        if self._reach is None:
+            if self.pre_encoder is None:
+                raise PipelineError("pre-encoder", "streaming needs a pre-encoder (tokens alone are not audio)")
+            ds, codebook = self.pre_encoder.downsample, self.pre_encoder.codebook_size
+            on_cpu = torch.device(self.pre_encoder.device).type == "cpu" and (
+                self.vocoder is None or self.vocoder.device.type == "cpu")
+            if self.vocoder is not None:
+                self._reach = measure_reach(self.render, codebook, ds * self.audio.hop_length, exact=on_cpu)
+            else:
+                self._reach = measure_reach(lambda t, n: self._mels(t, torch.tensor([n]))[0], codebook, ds,
+                                            exact=on_cpu)
+        return self._reach
+
+    def stream(self, text: str, speaker: Optional[int] = None, chunk_tokens: int = 32,
+               **gen_kwargs: Any) -> SpeechStream:
+        """Synthesise one text as a stream of audio chunks, decoding as it plays.
+
+        Args:
+            text: one sentence.  speaker: its speaker id (multi-speaker models; default 0).
+            chunk_tokens: codec tokens decoded between chunks (>= 1): smaller = earlier first
+                audio, more renders.
+            gen_kwargs: as for :meth:`synthesize` (sampling keywords, ``generator``, ...).
+        Returns:
+            a :class:`SpeechStream`: iterate it for float32 (N,) chunks; with ISTFTNet they join to
+            what :meth:`synthesize` gives for the same tokens (within float rounding).
+        """
+        if not isinstance(text, str):
+            raise ValueError("stream: text must be one string (batch 1)")
+        if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+            raise ValueError(f"stream: chunk_tokens must be an integer >= 1, got {chunk_tokens!r}")
+        reach = self.stream_reach()  # measured once per synthesizer: not part of a stream's latency
+        if self.vocoder is None:
+            self._note_griffin_lim()
+        started = time.perf_counter()
+        ids, src_lens, normalized, spk, em, dev = self._inputs([text], None if speaker is None else [speaker])
+        try:
+            tokens = TokenStream(self.model, None if spk is None else spk.to(dev), ids.to(dev), src_lens.to(dev),
+                                 em.to(dev), **self.model.with_generation_defaults(gen_kwargs))
+        except Exception as e:
+            raise _wrap("echolancer", e) from e
+        if self.vocoder is not None:
+            chunker = AudioChunker(self.render, reach, self.pre_encoder.downsample * self.audio.hop_length)
+        else:
+            chunker = AudioChunker(self.render, reach, self.pre_encoder.downsample * self.audio.hop_length,
+                                   context=GRIFFIN_LIM_CONTEXT, overlap=GRIFFIN_LIM_OVERLAP)
+        head = Utterance(text=text, normalized_text=normalized[0], speaker=None if spk is None else int(spk[0]),
+                         tokens=torch.zeros(0, dtype=torch.long), gate=torch.zeros(0), hit_max_length=False,
+                         mel=None, wav=None, sample_rate=self.sample_rate, vocoder=self.vocoder_name,
+                         text_tokens=int(src_lens[0]))
+        return SpeechStream(tokens, chunker, chunk_tokens, head, started)
+
+
+class SpeechStream:
+    """The audio of one sentence, a chunk at a time (what :meth:`Synthesizer.stream` returns).
+
+    Iterate it once for float32 (N,) numpy chunks. Afterwards :attr:`utterance` is the
+    :class:`Utterance` (tokens, gate, the joined ``wav``; ``mel`` is not kept) and
+    :attr:`first_audio_s` the seconds from the ``stream`` call to the first chunk.
+    """
+
+    def __init__(self, tokens: TokenStream, chunker: AudioChunker, chunk_tokens: int, head: Utterance,
+                 started: float) -> None:
+        self._tokens, self._chunker, self._chunk_tokens = tokens, chunker, chunk_tokens
+        self._head, self._started = head, started
+        self.first_audio_s: Optional[float] = None
+        self.utterance: Optional[Utterance] = None
+        self.chunk_sizes: list[int] = []  # samples per chunk handed out
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self.utterance is not None or self.chunk_sizes:
+            raise RuntimeError("a SpeechStream can be iterated once")
+        pieces: list[np.ndarray] = []
+        chunks = self._tokens.chunks(self._chunk_tokens)
+        while True:
+            try:
+                new = next(chunks)
+            except StopIteration:
+                break
+            except Exception as e:
+                raise _wrap("echolancer", e) from e
+            yield from self._hand_out(self._chunker.push(new), pieces)
+        res = self._tokens.result()
+        cut = bool(res.hit_max_length[0])
+        # One-shot synthesis renders a stopped row with its stopping step's (padding) column.
+        yield from self._hand_out(self._chunker.finish(pad_tokens=0 if cut else 1), pieces)
+        n = int(res.lengths[0])
+        self.utterance = replace(
+            self._head, tokens=res.tokens[0, :n].cpu(), gate=res.gate[0, : n + 1].float().cpu(), hit_max_length=cut,
+            wav=np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32),
+            attended=None if res.attended is None else res.attended[0, : n + (0 if cut else 1)].cpu(),
+        )
+
+    def _hand_out(self, audio: np.ndarray, pieces: list[np.ndarray]) -> Iterator[np.ndarray]:
+        if audio.size == 0:
+            return
+        if self.first_audio_s is None:
+            self.first_audio_s = time.perf_counter() - self._started
+        pieces.append(audio)
+        self.chunk_sizes.append(int(audio.size))
+        yield audio
 
 
 def build_synthesizer(model, tokenizer: CharTokenizer, bert_model=None, pre_encoder_dir=None, istftnet_dir=None,

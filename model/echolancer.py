@@ -534,9 +534,15 @@ class Echolancer(nn.Module):
         """
         from model.generation import generate
 
+        return generate(self, speakers, texts, src_lens, em_hidden=em_hidden, **self.with_generation_defaults(kwargs))
+
+    def with_generation_defaults(self, kwargs: dict) -> dict:
+        """``kwargs`` for :func:`model.generation.generate` with this model's defaults filled in
+        (see :meth:`infer`; the streaming decode takes the same)."""
+        kwargs = dict(kwargs)
         if "params" not in kwargs:
             kwargs.setdefault("min_tokens_per_text_token", self.length_bounds[0])
             kwargs.setdefault("max_tokens_per_text_token", self.length_bounds[1])
             kwargs.setdefault("attention_window", self.attention_window)
             kwargs.setdefault("tracking", self.tracking)
-        return generate(self, speakers, texts, src_lens, em_hidden=em_hidden, **kwargs)
+        return kwargs

@@ -9,6 +9,10 @@ What to generate is a :class:`model.sampling.SamplingParams` (built from the key
 as ``params=``); how to run the decode (cache, compilation, generator) are ``generate``'s own
 keywords. The decoder's per-call state that CUDA graphs reuse lives in ``model/decode_cache.py``.
 
+One loop. :class:`DecodeLoop` runs one step per ``advance()``; :func:`generate` runs it to the end
+and :class:`model.streaming.TokenStream` reads its tokens while it runs (``start_decode`` sets
+either up), so one-shot and streaming decoding cannot drift apart.
+
 How one step works. The encoder runs once. With ``use_cache=True`` (the default) the decoder runs
 one position per step through ``model.decode_step``: self-attention keys/values live in static
 ``KVCache`` buffers and cross-attention keys/values are computed once per utterance, so a step
@@ -109,23 +113,53 @@ def generate(
     Returns:
         a :class:`GenerationResult`.
     """
-    p = _sampling_params(params, sampling)
-    p.check_vocab(model.n_vocab)
-    _check_generator(generator, texts.device)
     was_training = model.training
     model.eval()  # dropout off: generation must be deterministic given the generator
     try:
         # inference_mode rather than no_grad: it skips version counting, ~20 % off a CPU step.
         with torch.inference_mode():
-            enc = model.encode(speakers, texts, src_lens, em_hidden, vq_tokens, vq_token_lens)
-            step, tracker = _start_decoder(model, enc, src_lens, p, use_cache, compile)
-            res = _decode(model, step, tracker, src_lens, p, generator, max(1, sync_every), texts.device)
+            loop = start_decode(model, speakers, texts, src_lens, em_hidden, vq_tokens=vq_tokens,
+                                vq_token_lens=vq_token_lens, use_cache=use_cache, compile=compile,
+                                generator=generator, sync_every=sync_every, params=params, **sampling)
+            while loop.advance():
+                pass
+            res = loop.result()
     finally:
         model.train(was_training)
     # Cloned outside inference mode: plain tensors that callers may modify in place.
     return GenerationResult(res.tokens.clone(), res.lengths.clone(), res.gate.clone(),
                             res.hit_max_length.clone(), res.steps,
                             None if res.attended is None else res.attended.clone())
+
+
+def start_decode(
+    model: Echolancer,
+    speakers: Optional[Tensor],
+    texts: Tensor,
+    src_lens: Tensor,
+    em_hidden: Optional[Tensor] = None,
+    *,
+    vq_tokens: Optional[Tensor] = None,
+    vq_token_lens: Optional[Tensor] = None,
+    use_cache: bool = True,
+    compile: bool = False,
+    generator: Optional[torch.Generator] = None,
+    sync_every: int = 16,
+    params: Optional[SamplingParams] = None,
+    **sampling: Any,
+) -> DecodeLoop:
+    """Check the request, run the encoder and set up the decode; no decoder step is run yet.
+
+    Arguments as for :func:`generate`. Call it, and every :meth:`DecodeLoop.advance`, with the
+    model in eval mode and under ``torch.inference_mode()`` (:func:`generate` does both; the
+    streaming decode in ``model/streaming.py`` enters inference mode around each step).
+    """
+    p = _sampling_params(params, sampling)
+    p.check_vocab(model.n_vocab)
+    _check_generator(generator, texts.device)
+    enc = model.encode(speakers, texts, src_lens, em_hidden, vq_tokens, vq_token_lens)
+    step, tracker = _start_decoder(model, enc, src_lens, p, use_cache, compile)
+    return DecodeLoop(model, step, tracker, src_lens, p, generator, max(1, sync_every), texts.device)
 
 
 def _sampling_params(params: Optional[SamplingParams], sampling: dict[str, Any]) -> SamplingParams:
@@ -237,72 +271,97 @@ def _cache_dtype(model: Echolancer, device: torch.device) -> torch.dtype:
 # --------------------------------------------------------------------------------------------
 
 
-def _decode(model: Echolancer, step: Step, tracker: Optional[AlignState], src_lens: Tensor, p: SamplingParams,
-            generator: Optional[torch.Generator], sync_every: int, device: torch.device) -> GenerationResult:
-    """Run ``step`` until every row has stopped or ``max_length``; see the module docstring.
+class DecodeLoop:
+    """The decode loop, one step per :meth:`advance`: the one loop behind :func:`generate` (which
+    runs it to the end) and :class:`model.streaming.TokenStream` (which reads tokens as they come).
+
+    See the module docstring for what a step does. After each :meth:`advance` that returned True,
+    column ``t - 1`` of :attr:`tokens` holds the step's token (``pad_id`` once a row has finished)
+    and :attr:`finished` says which rows are done; nothing is read back from the device here
+    except every ``sync_every`` steps (the "all rows done?" check).
 
     Args:
-        step: the one-step decoder.  tracker: the alignment state ``step`` updates, or None.
-        src_lens: (B,) text lengths (the per-row length bounds).  p: what to generate.
+        model: the Echolancer.  step: the one-step decoder.  tracker: the alignment state ``step``
+            updates, or None.  src_lens: (B,) text lengths (the per-row length bounds).
+        p: what to generate.  generator: for sampling, or None.  sync_every: steps between
+            "all done?" checks.  device: the model's device.
     """
-    B, T_max, eos, pad = src_lens.shape[0], p.max_length, model.eos_id, model.pad_id
-    out_tokens = torch.full((B, T_max), pad, dtype=torch.long, device=device)
-    out_gate = torch.zeros(B, T_max, dtype=torch.float32, device=device)
-    lengths = torch.full((B,), T_max, dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    cut = torch.zeros(B, dtype=torch.bool, device=device)  # rows stopped by their length bound
-    row_min, row_max = (b.to(device) for b in p.row_bounds(src_lens))
-    seen = torch.zeros(B, model.n_vocab, dtype=torch.bool, device=device) if p.repetition_penalty != 1.0 else None
-    never, is_eos = _special_masks(model, device)
-    prev = torch.full((B, 1), model.bos_id, dtype=torch.long, device=device)
-    all_done = _DonePoll(device, deferred=_defer_done_poll(device))
-    attended = torch.zeros(B, T_max, dtype=torch.long, device=device) if tracker is not None else None
 
-    steps = 0
-    for t in range(T_max):
-        logits, stop_logits = step(prev, t)
-        steps = t + 1
+    def __init__(self, model: Echolancer, step: Step, tracker: Optional[AlignState], src_lens: Tensor,
+                 p: SamplingParams, generator: Optional[torch.Generator], sync_every: int,
+                 device: torch.device) -> None:
+        B, T_max = src_lens.shape[0], p.max_length
+        self.model, self.step, self.tracker, self.p, self.generator = model, step, tracker, p, generator
+        self.sync_every, self.device, self.B, self.T_max = sync_every, device, B, T_max
+        pad = model.pad_id
+        self.tokens = torch.full((B, T_max), pad, dtype=torch.long, device=device)  # (B, T_max)
+        self.gate = torch.zeros(B, T_max, dtype=torch.float32, device=device)  # (B, T_max)
+        self.lengths = torch.full((B,), T_max, dtype=torch.long, device=device)
+        self.finished = torch.zeros(B, dtype=torch.bool, device=device)
+        self.cut = torch.zeros(B, dtype=torch.bool, device=device)  # rows stopped by their length bound
+        self.row_min, self.row_max = (b.to(device) for b in p.row_bounds(src_lens))
+        self.seen = (torch.zeros(B, model.n_vocab, dtype=torch.bool, device=device)
+                     if p.repetition_penalty != 1.0 else None)
+        self.never, self.is_eos = _special_masks(model, device)
+        self.prev = torch.full((B, 1), model.bos_id, dtype=torch.long, device=device)
+        self.all_done = _DonePoll(device, deferred=_defer_done_poll(device))
+        self.attended = torch.zeros(B, T_max, dtype=torch.long, device=device) if tracker is not None else None
+        self.t = 0  # steps run so far
+        self.over = False  # the "all done" check said so
+
+    def advance(self) -> bool:
+        """Run one decoder step; False (and nothing run) once the decode is over."""
+        if self.over or self.t >= self.T_max:
+            return False
+        model, p, t, tracker = self.model, self.p, self.t, self.tracker
+        eos, pad = model.eos_id, model.pad_id
+        logits, stop_logits = self.step(self.prev, t)
+        self.t = t + 1
         logits = logits.float()
-        early = t < row_min  # (B,)
+        early = t < self.row_min  # (B,)
         if tracker is not None:
-            attended[:, t] = tracker.peak
+            self.attended[:, t] = tracker.peak
             reached = tracker.may_stop()
             if reached is not None:  # no EOS before the attention has reached the end of the text
                 early = early | ~reached
 
-        allowed = logits.masked_fill(never, float("-inf"))
+        allowed = logits.masked_fill(self.never, float("-inf"))
         # The stop probability reported for this step (the model's own, before any sampling knobs).
         gate = torch.sigmoid(stop_logits.float()) if stop_logits is not None else allowed.softmax(dim=-1)[:, eos]
-        scores = allowed.masked_fill(early[:, None] & is_eos, float("-inf"))
-        if seen is not None:
-            scores = apply_repetition_penalty(scores, seen, p.repetition_penalty)
-        chosen = choose_tokens(scores, p.temperature, p.top_k, p.top_p, generator)
+        scores = allowed.masked_fill(early[:, None] & self.is_eos, float("-inf"))
+        if self.seen is not None:
+            scores = apply_repetition_penalty(scores, self.seen, p.repetition_penalty)
+        chosen = choose_tokens(scores, p.temperature, p.top_k, p.top_p, self.generator)
 
         stop_now = chosen == eos
         if stop_logits is not None:
             stop_now = stop_now | ((gate > p.gate_threshold) & ~early)
-        running = ~finished
-        lengths = torch.where(running & stop_now, t, lengths)
-        out_gate[:, t] = torch.where(running, gate, 0.0)
-        finished = finished | stop_now
+        running = ~self.finished
+        self.lengths = torch.where(running & stop_now, t, self.lengths)
+        self.gate[:, t] = torch.where(running, gate, 0.0)
+        finished = self.finished | stop_now
         token = torch.where(finished, pad, chosen)
-        out_tokens[:, t] = token
+        self.tokens[:, t] = token
         # A running row that now holds its maximum number of tokens is cut (and reported).
-        at_bound = ~finished & (t + 1 >= row_max)
-        lengths = torch.where(at_bound, t + 1, lengths)
-        cut = cut | at_bound
-        finished = finished | at_bound
-        prev = token[:, None]
-        if seen is not None:
-            seen[torch.arange(B, device=device), token] |= ~finished  # stopped rows record nothing
+        at_bound = ~finished & (t + 1 >= self.row_max)
+        self.lengths = torch.where(at_bound, t + 1, self.lengths)
+        self.cut = self.cut | at_bound
+        self.finished = finished | at_bound
+        self.prev = token[:, None]
+        if self.seen is not None:
+            self.seen[torch.arange(self.B, device=self.device), token] |= ~self.finished  # stopped rows record nothing
 
-        if (t + 1) % sync_every == 0 and all_done(finished):
-            break
+        if (t + 1) % self.sync_every == 0 and self.all_done(self.finished):
+            self.over = True
+        return True
 
-    # Keep the columns up to the last step any row ran (its stopping step included).
-    T = int(torch.where(cut, lengths, lengths + 1).max().clamp(max=steps))
-    return GenerationResult(out_tokens[:, :T], lengths, out_gate[:, :T], cut, steps,
-                            None if attended is None else attended[:, :T])
+    def result(self) -> GenerationResult:
+        """What the decode produced so far (all of it once :meth:`advance` returned False)."""
+        steps = self.t
+        # Keep the columns up to the last step any row ran (its stopping step included).
+        T = int(torch.where(self.cut, self.lengths, self.lengths + 1).max().clamp(max=steps))
+        return GenerationResult(self.tokens[:, :T], self.lengths, self.gate[:, :T], self.cut, steps,
+                                None if self.attended is None else self.attended[:, :T])
 
 
 def _special_masks(model: Echolancer, device: torch.device) -> tuple[Tensor, Tensor]:

@@ -311,3 +311,70 @@ def test_a_file_run_refuses_to_replace_earlier_outputs_unless_overwrite(tmp_path
 def test_a_missing_checkpoint_is_one_line_and_exit_status_2(tmp_path):
     msg = expect_error("--checkpoint", str(tmp_path / "nope.pt"), "--text", "Hello.")
     assert msg == f"infer.py: error: {tmp_path / 'nope.pt'}: checkpoint file not found"
+
+
+# ---- --stream ------------------------------------------------------------------------------------
+
+
+def export_front_ends(tmp_path) -> tuple[str, str]:
+    """Random tiny pre-encoder and ISTFTNet exports (what --pre_encoder_dir / --istftnet_dir take)."""
+    from model.istftnet import ISTFT, ISTFTNetGenerator
+    from model.istftnet_artifact import export_istftnet
+    from model.preencoder import PreEncoder
+    from model.preencoder_artifact import export_preencoder
+    from utils.config import AudioConfig
+    from utils.config.preencoder import PreEncoderConfig
+    from utils.config.vocoder import GeneratorConfig
+
+    torch.manual_seed(0)
+    pe_cfg = load_config("config/preencoder_tiny.yaml", schema=PreEncoderConfig)
+    export_preencoder(PreEncoder.from_config(pe_cfg), pe_cfg, str(tmp_path / "pe"))
+    gen = ISTFTNetGenerator(GeneratorConfig(upsample_initial_channel=16), n_mels=80).eval()
+    export_istftnet(gen, ISTFT(16, 4), AudioConfig(), str(tmp_path / "voc"), 22050, devices=["cpu"])
+    return str(tmp_path / "pe"), str(tmp_path / "voc")
+
+
+def test_stream_writes_the_same_files_as_one_shot_and_prints_time_to_first_audio(tmp_path, capsys):
+    import soundfile as sf
+
+    save_checkpoint(tmp_path / "m.pt")
+    pe, voc = export_front_ends(tmp_path)
+    common = ("--checkpoint", str(tmp_path / "m.pt"), "--text", "Hello there.", "--max_length", "40",
+              "--temperature", "0", "--pre_encoder_dir", pe, "--istftnet_dir", voc)
+    run_infer(*common, "--output_dir", str(tmp_path / "one"))
+    capsys.readouterr()
+    metas = run_infer(*common, "--output_dir", str(tmp_path / "st"), "--stream", "--chunk_tokens", "8")
+    printed = capsys.readouterr().out
+    assert "streamed: first audio after" in printed and "5 chunk(s) of 8 tokens" in printed
+    meta = metas[0]
+    assert meta["stream"]["chunk_tokens"] == 8 and meta["stream"]["chunks"] == 5
+    assert 0 < meta["stream"]["first_audio_s"] <= meta["batch_time_s"]
+    for name in ("utt_0000.tokens.npy", "utt_0000.gate.npy"):
+        assert np.array_equal(np.load(tmp_path / "one" / name), np.load(tmp_path / "st" / name))
+    one, rate = sf.read(str(tmp_path / "one" / "utt_0000.wav"), dtype="int16")
+    streamed, _ = sf.read(str(tmp_path / "st" / "utt_0000.wav"), dtype="int16")
+    assert rate == 22050 and one.shape == streamed.shape == (40 * 256,)
+    assert np.abs(one.astype(int) - streamed.astype(int)).max() <= 1  # the same audio, up to the 16-bit rounding
+
+
+def test_stream_with_griffin_lim_writes_a_wav_of_the_right_length(tmp_path):
+    import soundfile as sf
+
+    save_checkpoint(tmp_path / "m.pt")
+    pe, _ = export_front_ends(tmp_path)
+    run_infer("--checkpoint", str(tmp_path / "m.pt"), "--text", "Hello.", "--max_length", "20",
+              "--pre_encoder_dir", pe, "--output_dir", str(tmp_path / "o"), "--stream")
+    assert sf.info(str(tmp_path / "o" / "utt_0000.wav")).frames == 20 * 256
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (("--stream", "--chunk_tokens", "0"), "infer.py: error: --chunk_tokens must be >= 1 (codec tokens per audio chunk), got 0"),
+    (("--chunk_tokens", "8"), "infer.py: error: --chunk_tokens 8 is for --stream runs; add --stream (or leave it out)"),
+    (("--stream",), "infer.py: error: --stream needs --pre_encoder_dir"),
+])
+def test_bad_stream_flags_are_one_line_errors(tmp_path, extra, expected):
+    save_checkpoint(tmp_path / "m.pt")
+    msg = expect_error("--checkpoint", str(tmp_path / "m.pt"), "--text", "Hello.", "--output_dir",
+                       str(tmp_path / "o"), *extra)
+    assert msg.startswith(expected)
+    assert not (tmp_path / "o").exists()  # refused before anything was written
