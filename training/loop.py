@@ -133,7 +133,7 @@ class Recipe(ABC):
         self.wandb_run_id: Optional[str] = None
         self.export_dir: Optional[str] = None
         self.boundary_rng: Optional[dict] = None  # RNG states at the start of the step in progress
-        self.started = time.perf_counter()
+        self.started = 0.0  # set when run() starts (training.max_minutes)
 
     # ---- what a recipe supplies ------------------------------------------------------------------
 
