@@ -46,21 +46,19 @@ from model.loss import EcholancerLoss
 from model.pretrained import export_echolancer
 from pipeline import PipelineError
 from training.engine import (
-    MetricWindow,
     NonFinitePolicy,
-    StepMetrics,
-    apply_optimizer_settings,
     autocast,
     build_adam,
-    check_resume_compatible,
     resolve_optimizer_impl,
     resolve_precision,
     seed_everything,
     training_attention,
-    worker_init_fn,
 )
 from training.init_from import freeze_parts, init_from_pretrained
 from training.loop import Cadence, Recipe, RunPlace, Validation
+from training.metrics import MetricWindow, StepMetrics
+from training.resume import apply_optimizer_settings, check_resume_compatible
+from training.signals import worker_init_fn
 from training.test_interval import TestInterval
 from utils.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
 from utils.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict

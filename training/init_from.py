@@ -26,7 +26,7 @@ import torch
 
 from model.echolancer import Echolancer
 from model.pretrained import resolve_checkpoint_path
-from training.engine import check_resume_compatible
+from training.resume import check_resume_compatible
 from utils.char_tokenizer import CharTokenizer
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.config import ConfigError, ModelConfig, config_from_dict, config_to_dict

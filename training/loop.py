@@ -24,7 +24,9 @@ from typing import Any, Optional
 
 from tqdm import tqdm
 
-from training.engine import NonFinitePolicy, StopSignals, prepare_output_dir, seed_everything
+from training.engine import NonFinitePolicy, seed_everything
+from training.resume import prepare_output_dir
+from training.signals import StopSignals
 from utils.checkpoint import CheckpointManager, load_checkpoint
 from utils.early_stopping import EarlyStopping
 from utils.logger import Logger

@@ -48,17 +48,10 @@ from model.istftnet import (
     generator_adversarial_loss,
 )
 from model.istftnet_artifact import export_istftnet
-from training.engine import (
-    NonFinitePolicy,
-    amp_dtype,
-    apply_optimizer_settings,
-    build_adam,
-    check_resume_compatible,
-    resolve_optimizer_impl,
-    resolve_precision,
-    worker_init_fn,
-)
+from training.engine import NonFinitePolicy, amp_dtype, build_adam, resolve_optimizer_impl, resolve_precision
 from training.loop import Cadence, Recipe, RunPlace, Validation
+from training.resume import apply_optimizer_settings, check_resume_compatible
+from training.signals import worker_init_fn
 from utils.audio import load_wav, mel_spectrogram, save_wav
 from utils.checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state
 from utils.config import config_from_dict, config_to_dict
