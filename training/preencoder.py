@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from model.preencoder import PreEncoder, lengths_to_mask, reconstruction_loss
 from model.preencoder_artifact import export_preencoder, model_from_checkpoint
+from training.audio_files import find_audio_files
 from training.engine import NonFinitePolicy, autocast, resolve_precision
 from training.loop import Cadence, Recipe, RunPlace, Validation
 from training.resume import apply_optimizer_settings, check_resume_compatible
@@ -37,25 +38,12 @@ from utils.scheduler import build_scheduler
 
 log = logging.getLogger("echolancer.train")
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 MAX_VAL_FRAMES = 1000  # longer validation clips are cut (bounds memory and time)
 
 
 # --------------------------------------------------------------------------------------------
 # Data: whole-clip mels in memory, random crops per step
 # --------------------------------------------------------------------------------------------
-
-
-def find_audio_files(data_dir: str) -> list[str]:
-    """All audio files under ``data_dir`` (recursive), sorted so every run sees the same order."""
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"--data_dir {data_dir}: no such directory")
-    found = []
-    for root, _, names in os.walk(data_dir):
-        found += [os.path.join(root, n) for n in names if n.lower().endswith(AUDIO_EXTENSIONS)]
-    if not found:
-        raise FileNotFoundError(f"--data_dir {data_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
-    return sorted(found)
 
 
 def load_mels(files: list[str], cfg: PreEncoderConfig, cache_path: Optional[str]) -> list[Tensor]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader
 
 from model.istftnet import (
     ISTFT,
@@ -48,10 +47,12 @@ from model.istftnet import (
     generator_adversarial_loss,
 )
 from model.istftnet_artifact import export_istftnet
+from training.audio_files import find_audio_files
 from training.engine import NonFinitePolicy, amp_dtype, build_adam, resolve_optimizer_impl, resolve_precision
 from training.loop import Cadence, Recipe, RunPlace, Validation
 from training.resume import apply_optimizer_settings, check_resume_compatible
-from training.signals import worker_init_fn
+from training.vocoder_data import SegmentDataset as SegmentDataset  # importable from here, as before
+from training.vocoder_data import make_loader, split_files
 from utils.audio import load_wav, mel_spectrogram, save_wav
 from utils.checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state
 from utils.config import config_from_dict, config_to_dict
@@ -59,81 +60,9 @@ from utils.config.vocoder import VocoderConfig
 from utils.device import pick_device
 from utils.logger import Logger
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 # Sections that define the weights: a resumed run must not change them.
 ARCHITECTURE_SECTIONS = ("generator", "discriminator", "audio")
 log = logging.getLogger("echolancer.train")
-
-
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-
-
-def find_audio_files(data_dir: str) -> list[str]:
-    """Every audio file under ``data_dir`` (recursive), sorted so the split is reproducible."""
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"--data_dir {data_dir}: no such directory")
-    files = []
-    for root, _, names in os.walk(data_dir):
-        files.extend(os.path.join(root, n) for n in names if n.lower().endswith(AUDIO_EXTENSIONS))
-    if not files:
-        raise FileNotFoundError(f"--data_dir {data_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
-    return sorted(files)
-
-
-def split_files(files: list[str], val_fraction: float, max_val: int, seed: int) -> tuple[list[str], list[str]]:
-    """Hold out ``val_fraction`` of the files (at least one, at most ``max_val``) for validation.
-
-    With a single file there is nothing to hold out: it is used for both.
-    """
-    if len(files) < 2 or val_fraction == 0:
-        return list(files), list(files[:1]) if val_fraction > 0 else []
-    order = list(files)
-    random.Random(seed).shuffle(order)
-    n_val = min(max_val, max(1, round(len(files) * val_fraction)))
-    return sorted(order[n_val:]), sorted(order[:n_val])
-
-
-class SegmentDataset(Dataset):
-    """One random ``segment_size``-sample segment per file per epoch (zero-padded if shorter).
-
-    Args:
-        files: audio files.  sampling_rate: target rate (other rates are resampled).
-        segment_size: samples per item.
-    Returns (per item): (segment_size,) float32 waveform.
-    """
-
-    def __init__(self, files: list[str], sampling_rate: int, segment_size: int) -> None:
-        self.files = files
-        self.sampling_rate = sampling_rate
-        self.segment_size = segment_size
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> Tensor:
-        wav = load_wav(self.files[i], self.sampling_rate)
-        if wav.numel() >= self.segment_size:
-            # torch's RNG: seeded per worker by the DataLoader, so runs are reproducible.
-            start = int(torch.randint(0, wav.numel() - self.segment_size + 1, ()))
-            return wav[start : start + self.segment_size]
-        return F.pad(wav, (0, self.segment_size - wav.numel()))
-
-
-def make_loader(files: list[str], cfg: VocoderConfig, seed: int, pin_memory: bool) -> DataLoader:
-    t = cfg.training
-    ds = SegmentDataset(files, cfg.audio.sampling_rate, t.segment_size)
-    # Fewer files than a batch (tiny datasets, tests): draw with replacement to fill one batch.
-    sampler = RandomSampler(
-        ds, replacement=len(ds) < t.batch_size, num_samples=max(len(ds), t.batch_size),
-        generator=torch.Generator().manual_seed(seed),
-    )
-    return DataLoader(
-        ds, batch_size=t.batch_size, sampler=sampler, drop_last=True, num_workers=t.num_workers,
-        pin_memory=pin_memory, persistent_workers=t.num_workers > 0,
-        worker_init_fn=worker_init_fn if t.num_workers > 0 else None,
-    )
 
 
 # --------------------------------------------------------------------------------------------
