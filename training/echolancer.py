@@ -46,7 +46,6 @@ from model.loss import EcholancerLoss
 from model.pretrained import export_echolancer
 from pipeline import PipelineError
 from training.engine import (
-    NonFinitePolicy,
     autocast,
     build_adam,
     resolve_optimizer_impl,
@@ -57,6 +56,7 @@ from training.engine import (
 from training.init_from import freeze_parts, init_from_pretrained
 from training.loop import Cadence, Recipe, RunPlace, Validation
 from training.metrics import MetricWindow, StepMetrics
+from training.nonfinite import GuardedUpdate, NonFinitePolicy
 from training.resume import apply_optimizer_settings, check_resume_compatible
 from training.signals import worker_init_fn
 from training.test_interval import TestInterval
@@ -142,6 +142,7 @@ class Trainer(Recipe):
         es = self.tcfg.early_stopping
         self.early_stopping = EarlyStopping(es.patience, es.min_delta, es.enabled)
         self.nonfinite = NonFinitePolicy(tc.max_nonfinite_steps)  # the engine's one policy
+        self.update = GuardedUpdate(self.optimizer, self.scaler, self.nonfinite, on_device=self.deferred_nonfinite)
         max_steps = tc.max_steps if tc.max_steps is not None else math.inf
         self.cadence = Cadence(tc.log_step, tc.val_step, tc.save_step, max_steps=max_steps, max_epochs=tc.epochs,
                                check_step=tc.check_step, max_minutes=tc.max_minutes, validate_each_epoch=True)
@@ -188,9 +189,9 @@ class Trainer(Recipe):
         self.optimizer_impl = resolve_optimizer_impl(self.tcfg.optimizer.impl, self.device)
         self.optimizer = self._build_optimizer()
         # A fused optimizer skips a non-finite step on the device (its found_inf input): the step's
-        # finiteness is then read with the metrics, not every step (docs/DESIGN.md, "Host syncs").
+        # finiteness is then read with the metrics, not every step (docs/DESIGN.md, "Host syncs";
+        # training/nonfinite.py, GuardedUpdate).
         self.deferred_nonfinite = self.optimizer_impl == "fused"
-        self._pending_flags: list[torch.Tensor] = []
         self._attention, self._attention_what = training_attention(self.device)
         sc = self.tcfg.scheduler
         self.scheduler = build_scheduler(self.optimizer, sc.type, sc.warmup_steps, self.total_steps, sc.min_lr_ratio)
@@ -428,7 +429,7 @@ class Trainer(Recipe):
         # (loss non-finite, gradient non-finite) on this rank, then on any rank: on the device.
         flags = all_reduce_max(torch.stack([~torch.isfinite(totals[0]), ~torch.isfinite(grad_norm)]).float())
         skipped = flags.amax()
-        self._update(flags, skipped)
+        self.update.apply(flags, skipped)  # nothing applied on a non-finite step
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this update used
         prior_w = self.prior_weight()  # the weight this update used
@@ -468,47 +469,8 @@ class Trainer(Recipe):
                 return None
         return totals
 
-    def _update(self, flags: torch.Tensor, skipped: torch.Tensor) -> None:
-        """Apply the step's update unless its loss or gradient is non-finite (the engine's policy)."""
-        if self.deferred_nonfinite:
-            # The fused optimizer applies no update when found_inf is non-zero (weights, moments and
-            # its step counts stay as they were), so the decision never leaves the device; the
-            # policy learns of the step at the next read (resolve_nonfinite).
-            self.optimizer.grad_scale, self.optimizer.found_inf = None, skipped
-            try:
-                self.optimizer.step()
-            finally:
-                del self.optimizer.grad_scale, self.optimizer.found_inf
-            if self.scaler.is_enabled():
-                self.scaler.update()  # unscale_ recorded the overflow: the scale halves on one
-            self._pending_flags.append(flags)
-            return
-        loss_bad, grad_bad = (f > 0 for f in flags.tolist())  # the one read of this step
-        self._record_nonfinite(loss_bad, grad_bad)
-        if loss_bad or grad_bad:
-            if self.scaler.is_enabled():
-                self.scaler.update()
-        else:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-
-    def _record_nonfinite(self, loss_bad: bool, grad_bad: bool) -> None:
-        if loss_bad or grad_bad:
-            # With fp16 an overflowing gradient is the scaler's normal calibration (it halves the
-            # scale and skips); only a non-finite loss counts towards stopping the run then.
-            if loss_bad or not self.scaler.is_enabled():
-                self.nonfinite.record(False)
-            else:
-                self.nonfinite.total += 1
-        else:
-            self.nonfinite.record(True)
-
     def resolve_nonfinite(self) -> None:
-        """Feed the steps' device-side finiteness flags to the policy, in step order (one read)."""
-        if self._pending_flags:
-            flags, self._pending_flags = torch.stack(self._pending_flags).tolist(), []
-            for loss_bad, grad_bad in flags:
-                self._record_nonfinite(loss_bad > 0, grad_bad > 0)
+        self.update.resolve()
 
     # ---- logging and validation -------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
-"""What every trainer shares: precision, seeding, threads, the non-finite policy, the optimizer's
+"""What every trainer shares: precision, seeding, threads, the optimizer's
 implementation and the attention kernels of a training step.
 
 The rest of what recipes share lives by concern: ``training/loop.py`` (the one training loop),
-``training/signals.py``, ``training/metrics.py`` (metrics without host syncs), ``training/resume.py``
+``training/signals.py``, ``training/nonfinite.py`` (the non-finite policy), ``training/metrics.py``
+(metrics without host syncs), ``training/resume.py``
 (resume checks, output-directory safety) and ``training/command.py`` (flags, logging, exit codes).
 Their names are importable from here too, as before the split. Nothing here knows a model; the
 contracts are written down in ``docs/DESIGN.md`` ("Training engine").
@@ -28,6 +29,7 @@ from training.command import (
     setup_logging,
 )
 from training.metrics import MetricWindow, StepMetrics
+from training.nonfinite import GuardedUpdate, NonFinitePolicy
 from training.resume import (
     RESUME_HINT,
     apply_optimizer_settings,
@@ -42,10 +44,10 @@ from utils.config import ConfigError
 
 __all__ = [  # the moved names first: callers import them from here as before
     "EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_OK", "RESUME_HINT", "STOP_SIGNALS", "MetricWindow", "StepMetrics",
-    "StopSignals", "add_common_args", "apply_optimizer_settings", "bad_input_errors", "check_resume_compatible",
+    "StopSignals", "GuardedUpdate", "NonFinitePolicy", "add_common_args", "apply_optimizer_settings", "bad_input_errors", "check_resume_compatible",
     "config_differences", "prepare_output_dir", "resolve_resume", "run_cli", "run_has_checkpoints",
     "setup_logging", "worker_init_fn",
-    "TRAINING_SDPA_BACKENDS", "NonFinitePolicy", "amp_dtype", "autocast", "build_adam", "resolve_optimizer_impl",
+    "TRAINING_SDPA_BACKENDS", "amp_dtype", "autocast", "build_adam", "resolve_optimizer_impl",
     "resolve_precision", "sdpa_kernel", "seed_everything", "set_threads", "training_attention",
 ]
 
@@ -88,46 +90,6 @@ def set_threads(threads: Optional[int]) -> None:
         if threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-
-
-# --------------------------------------------------------------------------------------------
-# Non-finite steps
-# --------------------------------------------------------------------------------------------
-
-
-class NonFinitePolicy:
-    """One policy for every trainer.
-
-    A step whose loss or gradient is not finite applies no update, but still counts as a step
-    (the step counter and the learning-rate schedule advance: it consumed its data). After
-    ``limit`` such steps in a row the run saves its last good state and stops with exit status 1.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.streak = 0
-        self.total = 0
-        # Latched when the streak reaches the limit: a recipe that learns of its steps' finiteness
-        # late (flags kept on the device, read every few steps) still stops when a later finite step
-        # reset the streak in the meantime.
-        self.tripped = False
-
-    def record(self, finite: bool) -> None:
-        if finite:
-            self.streak = 0
-        else:
-            self.streak += 1
-            self.total += 1
-            self.tripped = self.tripped or self.streak >= self.limit
-
-    @property
-    def should_stop(self) -> bool:
-        return self.tripped or self.streak >= self.limit
-
-    def message(self, step: int, key: str = "training.max_nonfinite_steps") -> str:
-        n = max(self.streak, self.limit) if self.tripped else self.streak
-        return (f"stopping at step {step}: {n} steps in a row had a non-finite loss or gradient "
-                f"({key} = {self.limit}); lower the learning rate, clip gradients or use fp32")
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from typing import Any, Optional
 
 from tqdm import tqdm
 
-from training.engine import NonFinitePolicy, seed_everything
+from training.engine import seed_everything
+from training.nonfinite import NonFinitePolicy
 from training.resume import prepare_output_dir
 from training.signals import StopSignals
 from utils.checkpoint import CheckpointManager, load_checkpoint

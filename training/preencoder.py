@@ -26,8 +26,9 @@ from tqdm import tqdm
 from model.preencoder import PreEncoder, lengths_to_mask, reconstruction_loss
 from model.preencoder_artifact import export_preencoder, model_from_checkpoint
 from training.audio_files import find_audio_files
-from training.engine import NonFinitePolicy, autocast, resolve_precision
+from training.engine import autocast, resolve_precision
 from training.loop import Cadence, Recipe, RunPlace, Validation
+from training.nonfinite import NonFinitePolicy
 from training.resume import apply_optimizer_settings, check_resume_compatible
 from utils.audio import griffin_lim, load_wav, mel_spectrogram
 from utils.checkpoint import CheckpointError, CheckpointManager, capture_rng_state, restore_rng_state

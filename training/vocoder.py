@@ -48,8 +48,9 @@ from model.istftnet import (
 )
 from model.istftnet_artifact import export_istftnet
 from training.audio_files import find_audio_files
-from training.engine import NonFinitePolicy, amp_dtype, build_adam, resolve_optimizer_impl, resolve_precision
+from training.engine import amp_dtype, build_adam, resolve_optimizer_impl, resolve_precision
 from training.loop import Cadence, Recipe, RunPlace, Validation
+from training.nonfinite import NonFinitePolicy
 from training.resume import apply_optimizer_settings, check_resume_compatible
 from training.vocoder_data import SegmentDataset as SegmentDataset  # importable from here, as before
 from training.vocoder_data import make_loader, split_files
