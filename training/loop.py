@@ -170,7 +170,8 @@ class Recipe(ABC):
 
     @abstractmethod
     def export(self) -> Optional[str]:
-        """The run ended normally: keep the weights to keep and write the export; returns where it went."""
+        """The run ended normally: put the weights to export in place (e.g. the best) and write the
+        export when the run was asked to; returns where it went (None: nothing written)."""
 
     @abstractmethod
     def wandb_config(self) -> dict:

@@ -169,7 +169,6 @@ class PreEncoderRecipe(Recipe):
         t = cfg.training
         self.device = pick_device(device)
         self.seed, self.keep_last, self.wandb = t.seed, t.keep_last, cfg.wandb
-        self.map_location = None
         self._last: Optional[dict] = None
         self.start()
 
