@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from training.engine import bad_input_errors
+from training.command import bad_input_errors
 from utils.cli import run_command
 from utils.config import ConfigError, ModelConfig, load_config
 from utils.device import pick_device

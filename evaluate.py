@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from data.corpus import discover
 from model.tracking import alignment_report, tracking_params
-from training.engine import bad_input_errors
+from training.command import bad_input_errors
 from utils.asr import WhisperASR, score_texts, score_waveforms
 from utils.audio import griffin_lim, load_wav, mel_spectrogram, save_wav
 from utils.cli import run_command

@@ -45,7 +45,7 @@ import torch
 
 from model.pretrained import LoadedModel, load_echolancer
 from pipeline import build_synthesizer
-from training.engine import bad_input_errors
+from training.command import bad_input_errors
 from utils.cli import run_command
 from utils.device import pick_device
 

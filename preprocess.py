@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.corpus import LAYOUTS, Problem, Row, discover
-from training.engine import bad_input_errors
+from training.command import bad_input_errors
 from utils.audio import check_same_audio, load_wav, mel_spectrogram
 from utils.char_tokenizer import CharTokenizer
 from utils.cli import run_command

@@ -24,16 +24,10 @@ import os
 import sys
 
 from data.dummy import create_dummy_data_files
+from training.command import EXIT_FAILURE, EXIT_OK, add_common_args, run_cli, setup_logging
 from training.echolancer import RunPaths, Trainer
-from training.engine import (
-    EXIT_FAILURE,
-    EXIT_OK,
-    add_common_args,
-    resolve_resume,
-    run_cli,
-    set_threads,
-    setup_logging,
-)
+from training.engine import set_threads
+from training.resume import resolve_resume
 from utils.config import ConfigError, load_configs
 from utils.distributed import barrier, cleanup, init_distributed
 

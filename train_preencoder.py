@@ -19,8 +19,10 @@ import sys
 from typing import Optional
 
 from model.preencoder_artifact import export_preencoder, model_from_checkpoint
-from training.engine import EXIT_FAILURE, EXIT_OK, add_common_args, resolve_resume, run_cli, set_threads, setup_logging
+from training.command import EXIT_FAILURE, EXIT_OK, add_common_args, run_cli, setup_logging
+from training.engine import set_threads
 from training.preencoder import train
+from training.resume import resolve_resume
 from utils.config import ConfigError, load_config
 from utils.config.preencoder import PreEncoderConfig
 

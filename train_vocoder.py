@@ -20,7 +20,9 @@ from typing import Optional
 
 import torch
 
-from training.engine import EXIT_FAILURE, EXIT_OK, add_common_args, resolve_resume, run_cli, set_threads, setup_logging
+from training.command import EXIT_FAILURE, EXIT_OK, add_common_args, run_cli, setup_logging
+from training.engine import set_threads
+from training.resume import resolve_resume
 from training.vocoder import SegmentDataset, VocoderTrainer, split_files, train
 from utils.checkpoint import load_checkpoint
 from utils.config import ConfigError, config_from_dict, load_config

@@ -63,7 +63,7 @@ from train_speed import BIG, attention, make_batch  # noqa: E402  (bench/train_s
 from model.echolancer import Echolancer  # noqa: E402
 from model.generation import generate  # noqa: E402
 from model.loss import EcholancerLoss  # noqa: E402
-from training.engine import MetricWindow  # noqa: E402
+from training.metrics import MetricWindow  # noqa: E402
 from utils.config import ConfigError, load_config  # noqa: E402
 from utils.device import CudaUnavailableError, pick_device  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Training: the shared engine (engine.py) and one recipe per model (echolancer.py, preencoder.py, vocoder.py)."""
+"""Training: the one loop (loop.py), the helpers every recipe shares (engine.py, signals.py, metrics.py, resume.py, command.py) and one recipe per model (echolancer.py, preencoder.py, vocoder.py)."""
 
 from training.echolancer import RunPaths, Trainer, TrainResult
 

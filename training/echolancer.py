@@ -1,4 +1,4 @@
-"""The Echolancer recipe: text -> codec tokens, on top of the shared engine (``training/engine.py``).
+"""The Echolancer recipe: text -> codec tokens, on the shared loop (``training/loop.py``).
 
 One *step* is one optimizer update made of up to ``grad_acc_step`` micro-batches (fewer at the end
 of an epoch). The loss of every micro-batch is a sum over valid target tokens divided by the token
@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Optional
@@ -28,7 +29,6 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from data.dataset import Collate, EcholancerDataset
 from data.sampler import BucketBatchSampler
@@ -46,28 +46,24 @@ from model.loss import EcholancerLoss
 from model.pretrained import export_echolancer
 from pipeline import PipelineError
 from training.engine import (
-    MetricWindow,
-    NonFinitePolicy,
-    StepMetrics,
-    StopSignals,
-    apply_optimizer_settings,
     autocast,
     build_adam,
-    check_resume_compatible,
-    prepare_output_dir,
     resolve_optimizer_impl,
     resolve_precision,
     seed_everything,
     training_attention,
-    worker_init_fn,
 )
 from training.init_from import freeze_parts, init_from_pretrained
+from training.loop import Cadence, Recipe, RunPlace, Validation
+from training.metrics import MetricWindow, StepMetrics
+from training.nonfinite import GuardedUpdate, NonFinitePolicy
+from training.resume import apply_optimizer_settings, check_resume_compatible
+from training.signals import worker_init_fn
 from training.test_interval import TestInterval
-from utils.checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
+from utils.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
 from utils.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from utils.distributed import DistInfo, all_gather_objects, all_reduce_max, all_reduce_sum
 from utils.early_stopping import EarlyStopping
-from utils.logger import Logger
 from utils.phonemes import make_tokenizer
 from utils.scheduler import build_scheduler
 
@@ -106,8 +102,9 @@ class TrainResult:
     last_checkpoint: Optional[str]
 
 
-class Trainer:
-    """Builds everything from the two configs and runs :meth:`train`.
+class Trainer(Recipe):
+    """The Echolancer recipe on the shared loop (``training/loop.py``): builds everything from the two
+    configs (resuming when asked); :meth:`train` runs it.
 
     Args:
         model_cfg, train_cfg: validated configs (``utils.config.load_configs``).
@@ -115,120 +112,91 @@ class Trainer:
         dist_info: this process's rank / world size / device (``utils.distributed.init_distributed``).
     """
 
+    name = "train"
+
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, paths: RunPaths, dist_info: DistInfo) -> None:
+        super().__init__(RunPlace(paths.output_dir, paths.resume, paths.overwrite, paths.export, dist_info.is_main,
+                                  paths.init_from))
         self.mcfg, self.tcfg, self.paths, self.dist = model_cfg, train_cfg, paths, dist_info
         tc = train_cfg.training
-        prepare_output_dir(paths.output_dir, paths.resume, paths.overwrite, dist_info.is_main, paths.init_from)
         self.device = dist_info.device
+        self.seed, self.keep_last, self.wandb = tc.seed, tc.keep_last, train_cfg.wandb
+        self.epoch_position = 0  # global batches of the current epoch already consumed (in checkpoints)
+        self._resumed_rng: Optional[dict] = None
+        self.start()
+
+    # ---- construction ---------------------------------------------------------------------------
+
+    def build(self) -> None:
+        tc = self.tcfg.training
         self.precision = resolve_precision(tc.precision, self.device)
-        self.ckpt_dir = os.path.join(paths.output_dir, "ckpt")
-        self.tokenizer = make_tokenizer(model_cfg.model.text_frontend)
-        if model_cfg.model.vocab_size < len(self.tokenizer):
+        self.tokenizer = make_tokenizer(self.mcfg.model.text_frontend)
+        if self.mcfg.model.vocab_size < len(self.tokenizer):
             raise ConfigError(
-                f"model.vocab_size ({model_cfg.model.vocab_size}) must be >= the tokenizer's size "
+                f"model.vocab_size ({self.mcfg.model.vocab_size}) must be >= the tokenizer's size "
                 f"({len(self.tokenizer)})"
             )
+        self._build_model()
+        self._build_data()
+        self._build_optimization()
+        es = self.tcfg.early_stopping
+        self.early_stopping = EarlyStopping(es.patience, es.min_delta, es.enabled)
+        self.nonfinite = NonFinitePolicy(tc.max_nonfinite_steps)  # the engine's one policy
+        self.update = GuardedUpdate(self.optimizer, self.scaler, self.nonfinite, on_device=self.deferred_nonfinite)
+        max_steps = tc.max_steps if tc.max_steps is not None else math.inf
+        self.cadence = Cadence(tc.log_step, tc.val_step, tc.save_step, max_steps=max_steps, max_epochs=tc.epochs,
+                               check_step=tc.check_step, max_minutes=tc.max_minutes, validate_each_epoch=True)
 
+    def _build_model(self) -> None:
+        tc, dist = self.tcfg.training, self.dist
         # Same initial weights on every rank (DDP also broadcasts rank 0's), then per-rank RNG streams.
         seed_everything(tc.seed)
-        self.model = Echolancer.from_config(model_cfg).to(self.device)
-        seed_everything(tc.seed + dist_info.rank)
+        self.model = Echolancer.from_config(self.mcfg).to(self.device)
+        seed_everything(tc.seed + dist.rank)
         # The weights' source, saved in every checkpoint (a resumed run reads it back) and the W&B config.
         self.init_from: Optional[str] = None
         grown: dict = {}
-        if paths.init_from:
-            source = init_from_pretrained(self.model, model_cfg, self.tokenizer, paths.init_from, paths.output_dir)
+        if self.paths.init_from:
+            source = init_from_pretrained(self.model, self.mcfg, self.tokenizer, self.paths.init_from,
+                                          self.paths.output_dir)
             self.init_from, grown = source.path, source.grown
-            if dist_info.is_main:
+            if dist.is_main:
                 log.info("%s", source.describe())
         n_frozen = freeze_parts(self.model, tc.freeze, grown)
-        if tc.freeze and dist_info.is_main:
+        if tc.freeze and dist.is_main:
             log.info("training.freeze: %s held fixed (%d of %d parameters; not in the optimizer)",
                      ", ".join(tc.freeze), n_frozen, self.model.num_parameters())
 
-        self.train_set = EcholancerDataset(paths.train_data_dir, model_cfg, seed=tc.seed)
-        self.val_set = EcholancerDataset(paths.val_data_dir, model_cfg, seed=tc.seed) if paths.val_data_dir else None
+    def _build_data(self) -> None:
+        tc, paths, dist = self.tcfg.training, self.paths, self.dist
+        self.train_set = EcholancerDataset(paths.train_data_dir, self.mcfg, seed=tc.seed)
+        self.val_set = EcholancerDataset(paths.val_data_dir, self.mcfg, seed=tc.seed) if paths.val_data_dir else None
         # Audio-per-text ratios of the training data: saved with checkpoints and exports, they bound
         # generation (model config ``generation``) in the test interval and at inference.
         self.length_stats = length_ratio_stats(self.train_set.text_lens, self.train_set.audio_lens)
-        configure_generation(self.model, model_cfg.generation, self.length_stats)
+        configure_generation(self.model, self.mcfg.generation, self.length_stats)
         self.collate = Collate(self.model.pad_id, pad_multiple=tc.pad_multiple)
         self.sampler = BucketBatchSampler(
             self.train_set.lengths(), tc.batch_size, tc.max_tokens, shuffle=True, seed=tc.seed,
-            num_replicas=dist_info.world_size, rank=dist_info.rank,
+            num_replicas=dist.world_size, rank=dist.rank,
         )
-        steps_per_epoch = math.ceil(math.ceil(self.sampler.epoch_global_len() / dist_info.world_size) / tc.grad_acc_step)
-        self.steps_per_epoch = steps_per_epoch
-        self.total_steps = train_cfg.scheduler.total_steps or tc.max_steps or tc.epochs * steps_per_epoch
-
-        self.optimizer_impl = resolve_optimizer_impl(train_cfg.optimizer.impl, self.device)
-        self.optimizer = self._build_optimizer()
-        # A fused optimizer skips a non-finite step on the device (its found_inf input): the step's
-        # finiteness is then read with the metrics, not every step (docs/DESIGN.md, "Host syncs").
-        self.deferred_nonfinite = self.optimizer_impl == "fused"
-        self._pending_flags: list[torch.Tensor] = []
-        self._attention, attention_what = training_attention(self.device)
-        sc = train_cfg.scheduler
-        self.scheduler = build_scheduler(self.optimizer, sc.type, sc.warmup_steps, self.total_steps, sc.min_lr_ratio)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
-        self.criterion = EcholancerLoss(train_cfg.loss.pos_weight, train_cfg.loss.stop_weight)
-        es = train_cfg.early_stopping
-        self.early_stopping = EarlyStopping(es.patience, es.min_delta, es.enabled)
-        self.ckpt = (CheckpointManager(self.ckpt_dir, tc.keep_last, adopt_existing=paths.resume is not None)
-                     if dist_info.is_main else None)
-
-        # Counters that live in checkpoints.
-        self.step = 0
-        self.epoch = 0
-        self.epoch_position = 0  # global batches of the current epoch already consumed
-        self.nonfinite = NonFinitePolicy(tc.max_nonfinite_steps)  # the engine's one policy
-        self.wandb_run_id: Optional[str] = None
-        self.last_checkpoint: Optional[str] = None
-        self._saved_step = -1
-        resumed_rng = self._resume(paths.resume) if paths.resume else None
-
-        # The module that runs the training forward: DDP wrapper and/or compiled graph.
-        self.train_model: nn.Module = self.model
-        self.ddp: Optional[DDP] = None
-        if dist_info.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = self.train_model = DDP(self.model, device_ids=ids)
-        if tc.compile:
-            # Dynamic shapes: one graph for every batch length (the collate rounds lengths to
-            # training.pad_multiple), not a recompile per new bucket.
-            self.train_model = torch.compile(self.train_model, dynamic=True)
+        self.steps_per_epoch = math.ceil(math.ceil(self.sampler.epoch_global_len() / dist.world_size)
+                                         / tc.grad_acc_step)
+        self.total_steps = self.tcfg.scheduler.total_steps or tc.max_steps or tc.epochs * self.steps_per_epoch
         self._train_loader: Optional[DataLoader] = None
 
-        self.logger = Logger(
-            paths.output_dir, project=train_cfg.wandb.project, mode=train_cfg.wandb.mode,
-            run_name=train_cfg.wandb.run_name, entity=train_cfg.wandb.entity, enabled=dist_info.is_main,
-            config={"model": config_to_dict(model_cfg), "train": config_to_dict(train_cfg),
-                    "n_parameters": self.model.num_parameters(), "world_size": dist_info.world_size,
-                    "precision": self.precision, "optimizer_impl": self.optimizer_impl,
-                    "init_from": self.init_from},
-            run_id=self.wandb_run_id,
-        )
-        if dist_info.is_main:
-            log.info("optimizer: %s, %s implementation (optimizer.impl = %s); %s; %s", train_cfg.optimizer.type,
-                     self.optimizer_impl, train_cfg.optimizer.impl, attention_what,
-                     f"torch.compile (dynamic shapes, lengths padded to multiples of {tc.pad_multiple})"
-                     if tc.compile else "not compiled")
-        self.wandb_run_id = self.logger.run_id or self.wandb_run_id
-        self.tester = None
-        if dist_info.is_main:
-            self.tester = TestInterval(
-                self.model, self.tokenizer, paths.output_dir,
-                paths.test_sentences or tc.test_sentences, paths.test_speakers or tc.test_speakers,
-                paths.bert_model, paths.pre_encoder_dir, paths.istftnet_dir, self.device, seed=tc.seed,
-                gen_kwargs={"max_length": tc.test_max_length, "temperature": tc.test_temperature},
-                audio=model_cfg.audio, score_with_asr=tc.eval_step is not None,
-            )
-        self._stop_requested = False
-        self._boundary_rng: Optional[dict] = None
-        if resumed_rng is not None:  # last, so nothing above (W&B, DataLoader, compile) shifts the streams
-            self._restore_rng(resumed_rng)
-
-    # ---- construction helpers -------------------------------------------------------------------
+    def _build_optimization(self) -> None:
+        self.optimizer_impl = resolve_optimizer_impl(self.tcfg.optimizer.impl, self.device)
+        self.optimizer = self._build_optimizer()
+        # A fused optimizer skips a non-finite step on the device (its found_inf input): the step's
+        # finiteness is then read with the metrics, not every step (docs/DESIGN.md, "Host syncs";
+        # training/nonfinite.py, GuardedUpdate).
+        self.deferred_nonfinite = self.optimizer_impl == "fused"
+        self._attention, self._attention_what = training_attention(self.device)
+        sc = self.tcfg.scheduler
+        self.scheduler = build_scheduler(self.optimizer, sc.type, sc.warmup_steps, self.total_steps, sc.min_lr_ratio)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.criterion = EcholancerLoss(self.tcfg.loss.pos_weight, self.tcfg.loss.stop_weight)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         oc = self.tcfg.optimizer
@@ -240,6 +208,41 @@ class Trainer:
         groups = [{"params": decay, "weight_decay": oc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return build_adam(oc.type, groups, self.optimizer_impl, lr=oc.learning_rate, betas=tuple(oc.betas),
                           eps=oc.eps)
+
+    def ready(self) -> None:
+        """The training module (DDP, compile), the start-up line, the test interval; the RNG last."""
+        tc, dist = self.tcfg.training, self.dist
+        # The module that runs the training forward: DDP wrapper and/or compiled graph.
+        self.train_model: nn.Module = self.model
+        self.ddp: Optional[DDP] = None
+        if dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = self.train_model = DDP(self.model, device_ids=ids)
+        if tc.compile:
+            # Dynamic shapes: one graph for every batch length (the collate rounds lengths to
+            # training.pad_multiple), not a recompile per new bucket.
+            self.train_model = torch.compile(self.train_model, dynamic=True)
+        if dist.is_main:
+            log.info("optimizer: %s, %s implementation (optimizer.impl = %s); %s; %s", self.tcfg.optimizer.type,
+                     self.optimizer_impl, self.tcfg.optimizer.impl, self._attention_what,
+                     f"torch.compile (dynamic shapes, lengths padded to multiples of {tc.pad_multiple})"
+                     if tc.compile else "not compiled")
+        self.tester = None
+        if dist.is_main:
+            p = self.paths
+            self.tester = TestInterval(
+                self.model, self.tokenizer, p.output_dir, p.test_sentences or tc.test_sentences,
+                p.test_speakers or tc.test_speakers, p.bert_model, p.pre_encoder_dir, p.istftnet_dir, self.device,
+                seed=tc.seed, gen_kwargs={"max_length": tc.test_max_length, "temperature": tc.test_temperature},
+                audio=self.mcfg.audio, score_with_asr=tc.eval_step is not None,
+            )
+        if self._resumed_rng is not None:  # last, so nothing above (W&B, DataLoader, compile) shifts the streams
+            self._restore_rng(self._resumed_rng)
+
+    def wandb_config(self) -> dict:
+        return {"model": config_to_dict(self.mcfg), "train": config_to_dict(self.tcfg),
+                "n_parameters": self.model.num_parameters(), "world_size": self.dist.world_size,
+                "precision": self.precision, "optimizer_impl": self.optimizer_impl, "init_from": self.init_from}
 
     def _loader(self, dataset: EcholancerDataset, sampler: BucketBatchSampler, persistent: bool = False) -> DataLoader:
         nw = self.tcfg.training.num_workers
@@ -288,38 +291,23 @@ class Trainer:
             "init_from": self.init_from,
         }
 
-    def save(self, val_loss: Optional[float] = None, rng: Optional[dict] = None) -> Optional[str]:
-        """Save on rank 0 (every rank must call: RNG states are gathered from all of them)."""
-        self._resolve_nonfinite()  # the checkpoint's non-finite count is exact
+    def checkpoint_state(self, rng: Optional[dict] = None) -> Optional[dict]:
+        """Every rank calls (RNG states are gathered from all of them); rank 0 gets the state."""
+        self.resolve_nonfinite()  # the checkpoint's non-finite count is exact
         states = all_gather_objects(rng if rng is not None else capture_rng_state())
-        self._saved_step = self.step
         if not self.dist.is_main:
             return None
-        state = self.state_dict({**states[0], "per_rank": states})
-        path = self.ckpt.save(state, self.step, val_loss)
-        self.last_checkpoint = path
-        if self.tcfg.wandb.log_checkpoints and val_loss is not None and self.ckpt.best_step == self.step:
-            self.logger.log_artifact(path, name=f"echolancer-{self.logger.run_id}", aliases=["best", f"step-{self.step}"])
-        log.info("saved %s", path)
-        return path
+        return self.state_dict({**states[0], "per_rank": states})
 
-    def _resume(self, where: str) -> dict:
-        """Load a checkpoint into model, optimizer, scheduler, scaler and counters; returns its RNG states."""
-        ck = load_checkpoint(where, map_location="cpu")
-        if ck.get("model_config") is not None:
-            # Read through the schema, so keys added since the checkpoint was written take their
-            # defaults (ModelConfig.check_saved refuses the ones whose default would change the model).
-            saved = config_to_dict(config_from_dict(ModelConfig, ck["model_config"], f"{where} (model_config)"))["model"]
-            current = config_to_dict(self.mcfg)["model"]
-            # The attention kernel computes the same function with the same weights: it may change.
-            for section in (saved, current):
-                section.pop("attention_backend", None)
-            check_resume_compatible(where, {"model": (saved, current)})
-        # The optimizer's parameter groups depend on what is frozen: a change would not load.
-        saved_freeze = list((ck.get("train_config") or {}).get("training", {}).get("freeze", []))
-        if saved_freeze != list(self.tcfg.training.freeze):
-            raise ConfigError(f"{where}: training.freeze was {saved_freeze} in the checkpoint and is "
-                              f"{list(self.tcfg.training.freeze)} now; a resumed run keeps what it froze")
+    def checkpoint_artifact(self, val_loss: Optional[float]) -> Optional[dict]:
+        if val_loss is None or self.ckpt.best_step != self.step:
+            return None
+        return {"name": f"echolancer-{self.logger.run_id}", "aliases": ["best", f"step-{self.step}"]}
+
+    def load_state_dict(self, ck: dict, where: str) -> None:
+        """Load a checkpoint into model, optimizer, scheduler, scaler and counters (its RNG states are
+        restored last, in :meth:`ready`)."""
+        self._check_resumable(ck, where)
         self.init_from = ck.get("init_from")
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
@@ -338,11 +326,27 @@ class Trainer:
         self.epoch_position = int(ck["sampler"]["position"])
         self.early_stopping.load_state_dict(ck["early_stopping"])
         self.nonfinite.total = int(ck.get("nonfinite_total", 0))
-        self.wandb_run_id = ck.get("wandb_run_id")
-        self._saved_step = self.step
-        log.info("resumed from %s at step %d (epoch %d, %d batches into it)", where, self.step, self.epoch,
-                 self.epoch_position)
-        return ck["rng"]
+        self._resumed_rng = ck["rng"]
+
+    def _check_resumable(self, ck: dict, where: str) -> None:
+        """Refuse a checkpoint whose model or frozen parts differ from the configs."""
+        if ck.get("model_config") is not None:
+            # Read through the schema, so keys added since the checkpoint was written take their
+            # defaults (ModelConfig.check_saved refuses the ones whose default would change the model).
+            saved = config_to_dict(config_from_dict(ModelConfig, ck["model_config"], f"{where} (model_config)"))["model"]
+            current = config_to_dict(self.mcfg)["model"]
+            # The attention kernel computes the same function with the same weights: it may change.
+            for section in (saved, current):
+                section.pop("attention_backend", None)
+            check_resume_compatible(where, {"model": (saved, current)})
+        # The optimizer's parameter groups depend on what is frozen: a change would not load.
+        saved_freeze = list((ck.get("train_config") or {}).get("training", {}).get("freeze", []))
+        if saved_freeze != list(self.tcfg.training.freeze):
+            raise ConfigError(f"{where}: training.freeze was {saved_freeze} in the checkpoint and is "
+                              f"{list(self.tcfg.training.freeze)} now; a resumed run keeps what it froze")
+
+    def resume_detail(self) -> str:
+        return f" (epoch {self.epoch}, {self.epoch_position} batches into it)"
 
     def _restore_rng(self, rng: dict) -> None:
         per_rank = rng.get("per_rank")
@@ -355,9 +359,23 @@ class Trainer:
 
     # ---- one step ---------------------------------------------------------------------------------
 
-    def request_stop(self) -> None:
-        """Ask the loop to save and stop at the next safe point (signal handlers call this)."""
-        self._stop_requested = True
+    def batches(self) -> Iterator[list[dict]]:
+        """The rest of the current epoch, one step's micro-batches at a time (from the saved position)."""
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_position(self.epoch_position)
+        self.train_set.set_epoch(self.epoch)
+        it = iter(self.train_loader())
+        while True:
+            # A step cut short saves the RNG states of its start: the resumed run redoes it exactly.
+            self.boundary_rng = capture_rng_state()
+            micro = [b for _, b in zip(range(self.tcfg.training.grad_acc_step), it)]
+            if not micro:
+                return
+            yield micro
+
+    def end_epoch(self) -> None:
+        self.epoch += 1
+        self.epoch_position = 0
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k in BATCH_KEYS}
@@ -391,62 +409,27 @@ class Trainer:
             stop was requested mid-accumulation (nothing applied).
         """
         with self._attention():  # the pinned SDPA backends (engine.TRAINING_SDPA_BACKENDS)
-            return self._train_step(micro)
+            metrics = self._train_step(micro)
+        if metrics is not None:
+            self.epoch_position += len(micro) * self.dist.world_size
+        return metrics
 
     def _train_step(self, micro: list[dict]) -> Optional[StepMetrics]:
-        tc = self.tcfg.training
         t0 = time.perf_counter()
         # Token count from the CPU batch, before it moves: no device read. + EOS per row.
         n_local = sum(sum(b["mel_lens"].tolist()) + len(b["mel_lens"]) for b in micro)
         batches = [self._to_device(b) for b in micro]
         # torch.full is a fill kernel; torch.tensor(x, device=cuda) would be a blocking copy (a sync).
         n_global = all_reduce_sum(torch.full((), float(n_local), device=self.device))
-        # DDP averages gradients over ranks; multiply back so the step is sum / n_global overall.
-        scale = float(self.dist.world_size)
-        totals = torch.zeros(5, device=self.device)  # loss, ce, stop, align, correct tokens
-        for i, b in enumerate(batches):
-            last = i == len(batches) - 1
-            # Only the last micro-batch all-reduces gradients (the DDP module, even under torch.compile).
-            sync = nullcontext() if last or self.ddp is None else self.ddp.no_sync()
-            with sync:
-                lo = self._forward_loss(self.train_model, b, n_global, training=True)
-                self.scaler.scale(lo.total * scale).backward()
-            totals += torch.stack([
-                lo.total.detach().float(), lo.ce.detach().float(),
-                (lo.stop.detach().float() if lo.stop is not None else torch.zeros((), device=self.device)),
-                (lo.align.detach().float() if lo.align is not None else torch.zeros((), device=self.device)),
-                lo.accuracy.detach().float() * lo.n_tokens,
-            ])
-            if self._stop_requested and not last and not self.dist.enabled:
-                self.optimizer.zero_grad(set_to_none=True)
-                return None
-
+        totals = self._accumulate(batches, n_global)
+        if totals is None:
+            return None
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip_thresh)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.training.grad_clip_thresh)
         # (loss non-finite, gradient non-finite) on this rank, then on any rank: on the device.
         flags = all_reduce_max(torch.stack([~torch.isfinite(totals[0]), ~torch.isfinite(grad_norm)]).float())
         skipped = flags.amax()
-        if self.deferred_nonfinite:
-            # The fused optimizer applies no update when found_inf is non-zero (weights, moments and
-            # its step counts stay as they were), so the decision never leaves the device; the
-            # policy learns of the step at the next read (_resolve_nonfinite).
-            self.optimizer.grad_scale, self.optimizer.found_inf = None, skipped
-            try:
-                self.optimizer.step()
-            finally:
-                del self.optimizer.grad_scale, self.optimizer.found_inf
-            if self.scaler.is_enabled():
-                self.scaler.update()  # unscale_ recorded the overflow: the scale halves on one
-            self._pending_flags.append(flags)
-        else:
-            loss_bad, grad_bad = (f > 0 for f in flags.tolist())  # the one read of this step
-            self._record_nonfinite(loss_bad, grad_bad)
-            if loss_bad or grad_bad:
-                if self.scaler.is_enabled():
-                    self.scaler.update()
-            else:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+        self.update.apply(flags, skipped)  # nothing applied on a non-finite step
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this update used
         prior_w = self.prior_weight()  # the weight this update used
@@ -461,28 +444,54 @@ class Trainer:
                               n64 / max(dt, 1e-9), skipped.double()])
         return StepMetrics(DEVICE_METRICS, values, {"train/lr": lr, "train/align_prior_weight": prior_w})
 
-    def _record_nonfinite(self, loss_bad: bool, grad_bad: bool) -> None:
-        if loss_bad or grad_bad:
-            # With fp16 an overflowing gradient is the scaler's normal calibration (it halves the
-            # scale and skips); only a non-finite loss counts towards stopping the run then.
-            if loss_bad or not self.scaler.is_enabled():
-                self.nonfinite.record(False)
-            else:
-                self.nonfinite.total += 1
-        else:
-            self.nonfinite.record(True)
+    def _accumulate(self, batches: list[dict], n_global: torch.Tensor) -> Optional[torch.Tensor]:
+        """Forward and backward of every micro-batch; returns the summed (loss, ce, stop, align,
+        correct tokens), or None when a stop request came between micro-batches (gradients dropped)."""
+        # DDP averages gradients over ranks; multiply back so the step is sum / n_global overall.
+        scale = float(self.dist.world_size)
+        totals = torch.zeros(5, device=self.device)
+        zero = torch.zeros((), device=self.device)
+        for i, b in enumerate(batches):
+            last = i == len(batches) - 1
+            # Only the last micro-batch all-reduces gradients (the DDP module, even under torch.compile).
+            sync = nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+            with sync:
+                lo = self._forward_loss(self.train_model, b, n_global, training=True)
+                self.scaler.scale(lo.total * scale).backward()
+            totals += torch.stack([
+                lo.total.detach().float(), lo.ce.detach().float(),
+                (lo.stop.detach().float() if lo.stop is not None else zero),
+                (lo.align.detach().float() if lo.align is not None else zero),
+                lo.accuracy.detach().float() * lo.n_tokens,
+            ])
+            if self.stop_requested and not last and not self.dist.enabled:
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+        return totals
 
-    def _resolve_nonfinite(self) -> None:
-        """Feed the steps' device-side finiteness flags to the policy, in step order (one read)."""
-        if self._pending_flags:
-            flags, self._pending_flags = torch.stack(self._pending_flags).tolist(), []
-            for loss_bad, grad_bad in flags:
-                self._record_nonfinite(loss_bad > 0, grad_bad > 0)
+    def resolve_nonfinite(self) -> None:
+        self.update.resolve()
 
-    # ---- validation -----------------------------------------------------------------------------
+    # ---- logging and validation -------------------------------------------------------------------
+
+    def begin(self) -> None:
+        self._window = MetricWindow(last_keys=("train/lr",))
+        self.model.train()
+
+    def record(self, metrics: StepMetrics) -> None:
+        self._window.add(metrics)  # stays on the device until the log step reads the window
+
+    def log_train(self) -> Optional[dict[str, str]]:
+        avg = self._window.mean()  # the window's one host read: means over its steps, the last LR
+        avg["train/nonfinite_skips"] = float(self.nonfinite.total)  # resolved by the loop: as of this step
+        avg["train/epoch"] = float(self.epoch)
+        self.logger.log(avg, self.step)
+        self._window.clear()
+        return {"loss": f"{avg['train/loss']:.3f}", "lr": f"{avg['train/lr']:.2e}",
+                "tok_s": f"{avg['train/tokens_per_s']:.0f}"}
 
     @torch.no_grad()
-    def validate(self) -> Optional[dict[str, float]]:
+    def validate(self) -> Optional[Validation]:
         """Token-weighted loss and accuracy over the whole validation set (all ranks together)."""
         if self.val_set is None:
             return None
@@ -500,20 +509,19 @@ class Trainer:
         self.model.train(was_training)
         all_reduce_sum(sums)
         n = max(float(sums[3]), 1.0)
-        return {"val/loss": float(sums[0]) / n, "val/ce": float(sums[1]) / n, "val/accuracy": float(sums[2]) / n}
-
-    def _after_validation(self, metrics: dict[str, float]) -> None:
-        """Log, update early stopping and keep the best checkpoint."""
-        vl = metrics["val/loss"]
+        metrics = {"val/loss": float(sums[0]) / n, "val/ce": float(sums[1]) / n, "val/accuracy": float(sums[2]) / n}
         # One notion of "best" (improvement by more than min_delta) for early stopping, best.pt and
-        # the weights restored at the end. vl is all-reduced, so every rank decides the same.
+        # the weights restored at the end; the loss is all-reduced, so every rank decides the same.
         # Validation runs without the alignment prior, so while the prior still shapes training its
         # loss says little about the final model (it rises while the prior carries the alignment:
         # measured on the speech recipe); such validations neither count nor make a best.
-        counted = self.prior_weight() == 0.0
-        improved = self.early_stopping.step(vl, self.step) if counted else False
-        best = self.early_stopping.best_loss
-        metrics = {**metrics, "val/best_loss": vl if best is None else best}
+        return Validation(metrics["val/loss"], metrics, counts=self.prior_weight() == 0.0)
+
+    def report_validation(self, val: Validation) -> None:
+        """Log a validation with the best loss so far and the alignment picture."""
+        vl, es = val.loss, self.early_stopping
+        best = es.best_loss
+        metrics = {**val.metrics, "val/best_loss": vl if best is None else best}
         if self.dist.is_main and self.val_set is not None and len(self.val_set) > 0:
             metrics["val/align_diagonality"] = self._log_alignment()
         self.logger.log(metrics, self.step)
@@ -521,10 +529,8 @@ class Trainer:
             log.info("step %d epoch %d: val loss %.4f ce %.4f acc %.3f diagonality %.2f (best %.4f, %s)",
                      self.step, self.epoch, vl, metrics["val/ce"], metrics["val/accuracy"],
                      metrics.get("val/align_diagonality", float("nan")), metrics["val/best_loss"],
-                     f"{self.early_stopping.bad_validations}/{self.early_stopping.patience} without improvement"
-                     if counted else "alignment prior on: not counted for early stopping")
-        if improved:
-            self.save(val_loss=vl)
+                     f"{es.bad_validations}/{es.patience} without improvement"
+                     if val.counts else "alignment prior on: not counted for early stopping")
 
     @torch.no_grad()
     def _log_alignment(self, n: int = 4) -> float:
@@ -545,144 +551,30 @@ class Trainer:
                               caption=f"layer {best}: text upward, audio steps to the right")
         return scores[best]
 
-    # ---- the loop -------------------------------------------------------------------------------
+    # ---- the run --------------------------------------------------------------------------------
 
-    def _stop_now(self) -> bool:
-        """Whether a stop was requested. One process: the host flag (free), every step. Several: the
-        flag all-reduced (a collective and a host read) every ``training.check_step`` steps; every
-        rank reaches the same steps, so all of them take part and stop together."""
+    def planned_steps(self) -> float:
+        return min(self.cadence.max_steps, self.tcfg.training.epochs * self.steps_per_epoch)
+
+    @property
+    def distributed(self) -> bool:
+        return self.dist.enabled
+
+    def any_rank(self, flag: bool) -> bool:
         if not self.dist.enabled:
-            return self._stop_requested
-        if self.step % self.tcfg.training.check_step != 0:
-            return False
-        flag = torch.tensor(float(self._stop_requested), device=self.device)
-        return bool(all_reduce_max(flag) > 0)
+            return flag
+        return bool(all_reduce_max(torch.tensor(float(flag), device=self.device)) > 0)
 
     def train(self) -> TrainResult:
-        tc = self.tcfg.training
-        signals = StopSignals(self.request_stop).__enter__()
-        status = "finished"
-        max_steps = tc.max_steps if tc.max_steps is not None else math.inf
-        bar = tqdm(total=min(max_steps, tc.epochs * self.steps_per_epoch), initial=self.step,
-                   disable=not self.dist.is_main, dynamic_ncols=True, desc="train")
-        window = MetricWindow(last_keys=("train/lr",))
-        self._max_steps = max_steps
-        self._started = time.perf_counter()  # for training.max_minutes
-        self.model.train()
-        try:
-            while status == "finished" and self.epoch < tc.epochs and self.step < max_steps:
-                status, epoch_done = self._run_epoch(max_steps, bar, window)
-                if not epoch_done:
-                    break
-                # Epoch end: move to the next epoch, validate (unless this step just did).
-                self.epoch += 1
-                self.epoch_position = 0
-                if self.val_set is not None and self.step % tc.val_step != 0:
-                    self._after_validation(self.validate())
-                    if self.early_stopping.should_stop:
-                        status = "early_stopped"
-            if status in ("finished", "early_stopped", "time_budget"):
-                if self._saved_step != self.step:
-                    self.save()
-                if status == "early_stopped":
-                    log.info("early stopping at step %d: no improvement for %d validations",
-                             self.step, self.early_stopping.patience)
-                if status == "time_budget":
-                    log.info("training.max_minutes (%g) reached at step %d", tc.max_minutes, self.step)
-                self._restore_best()
-                if self.paths.export and self.dist.is_main:
-                    path = export_echolancer(self.model, self.mcfg, self.tokenizer,
-                                             os.path.join(self.paths.output_dir, "export"), self.step,
-                                             length_stats=self.length_stats)
-                    log.info("inference export: %s", path)
-        finally:
-            bar.close()
-            signals.__exit__(None, None, None)
-            self.logger.summary({"final_step": self.step, "status": status,
-                                 "best_val_loss": self.early_stopping.best_loss})
-            self.logger.finish()
-            if self.dist.is_main:  # how far the run got against its plan, for the recipe's summary
-                self._write_result(status, max_steps)
+        """Run the loop; the result says how it ended."""
+        status = self.run()
         return TrainResult(status, self.step, self.epoch, self.early_stopping.best_loss, self.last_checkpoint)
 
-    def _write_result(self, status: str, max_steps: float) -> None:
-        """``OUTPUT/train_result.json``: status, steps reached and planned, minutes, best validation."""
-        result = {"status": status, "step": self.step,
-                  "max_steps": None if math.isinf(max_steps) else int(max_steps),
-                  "minutes": round((time.perf_counter() - self._started) / 60, 2),
-                  "max_minutes": self.tcfg.training.max_minutes, "best_val_loss": self.early_stopping.best_loss}
-        with open(os.path.join(self.paths.output_dir, "train_result.json"), "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
-
-    def _run_epoch(self, max_steps: float, bar: tqdm, window: MetricWindow) -> tuple[str, bool]:
-        """Steps through the rest of the current epoch. Returns (status, whether the epoch was exhausted)."""
+    def after_step(self) -> None:
         tc = self.tcfg.training
-        self.sampler.set_epoch(self.epoch)
-        self.sampler.set_position(self.epoch_position)
-        self.train_set.set_epoch(self.epoch)
-        it = iter(self.train_loader())
-        while self.step < max_steps:
-            self._boundary_rng = capture_rng_state()
-            micro = [b for _, b in zip(range(tc.grad_acc_step), it)]
-            if not micro:
-                return "finished", True
-            metrics = self.train_step(micro)
-            if metrics is not None:
-                self.epoch_position += len(micro) * self.dist.world_size
-            if metrics is None or self._stop_now():
-                # A stop in the middle of an accumulation cycle discards it and saves the boundary state.
-                self.save(rng=self._boundary_rng if metrics is None else None)
-                return "interrupted", False
-            window.add(metrics)  # stays on the device until the log step reads the window
-            bar.update(1)
-            status = self._periodic(window, bar)
-            if status == "finished" and self._time_is_up():
-                status = "time_budget"
-            if status != "finished":
-                return status, False
-        return "finished", False
-
-    def _time_is_up(self) -> bool:
-        """Whether ``training.max_minutes`` of this process's training have passed, checked every
-        ``check_step`` steps (all ranks together: rank 0's clock decides)."""
-        tc = self.tcfg.training
-        if tc.max_minutes is None or self.step % tc.check_step != 0:
-            return False
-        up = time.perf_counter() - self._started >= tc.max_minutes * 60
-        if self.dist.enabled:
-            flag = torch.tensor(float(up and self.dist.is_main), device=self.device)
-            up = bool(all_reduce_max(flag) > 0)
-        return up
-
-    def _periodic(self, window: MetricWindow, bar: Optional[tqdm] = None) -> str:
-        """Logging, validation, saving and testing after a step; returns the run status."""
-        tc = self.tcfg.training
-        if (self.step % tc.check_step == 0 or self.step % tc.log_step == 0
-                or self.step >= getattr(self, "_max_steps", math.inf)):
-            self._resolve_nonfinite()  # no-op unless the optimizer skips on the device (fused)
-        if self.nonfinite.should_stop:
-            self.save()
-            log.error("%s; last good state saved to %s", self.nonfinite.message(self.step), self.last_checkpoint)
-            return "nonfinite"
-        if self.step % tc.log_step == 0:
-            avg = window.mean()  # the window's one host read: means over its steps, the last LR
-            avg["train/nonfinite_skips"] = float(self.nonfinite.total)  # resolved above: as of this step
-            avg["train/epoch"] = float(self.epoch)
-            self.logger.log(avg, self.step)
-            window.clear()
-            if bar is not None:
-                bar.set_postfix(loss=f"{avg['train/loss']:.3f}", lr=f"{avg['train/lr']:.2e}",
-                                tok_s=f"{avg['train/tokens_per_s']:.0f}")
-        if self.val_set is not None and self.step % tc.val_step == 0:
-            self._after_validation(self.validate())
-            if self.early_stopping.should_stop:
-                return "early_stopped"
-        if self.step % tc.save_step == 0 and self._saved_step != self.step:
-            self.save()
         score = tc.eval_step is not None and self.step % tc.eval_step == 0
         if self.step % tc.test_step == 0 or score:
             self._test_interval(score)
-        return "finished"
 
     def _test_interval(self, score: bool) -> None:
         """Synthesise the test sentences (rank 0). A failure is never skipped and never loses the run:
@@ -693,17 +585,24 @@ class Trainer:
                 self.tester.run(self.step, self.logger, score=score)
             except Exception as e:
                 error = e
-        failed = error is not None
-        if self.dist.enabled:
-            failed = bool(all_reduce_max(torch.tensor(float(failed), device=self.device)) > 0)
-        if not failed:
+        if not self.any_rank(error is not None):
             return
-        if self._saved_step != self.step:
+        if self.saved_step != self.step:
             self.save()
         if error is None:  # another rank's failure (rank 0 runs the test interval)
             raise PipelineError("test interval", f"failed on rank 0 at step {self.step}; see its log")
         log.error("test interval failed at step %d; state saved to %s", self.step, self.last_checkpoint)
         raise error
+
+    def export(self) -> Optional[str]:
+        """Restore the best weights (``early_stopping.restore_best``), then write the inference export."""
+        self._restore_best()
+        if not (self.paths.export and self.dist.is_main):
+            return None
+        path = export_echolancer(self.model, self.mcfg, self.tokenizer, os.path.join(self.paths.output_dir, "export"),
+                                 self.step, length_stats=self.length_stats)
+        log.info("inference export: %s", path)
+        return path
 
     def _restore_best(self) -> None:
         if not self.tcfg.early_stopping.restore_best or self.ckpt is None or self.ckpt.best_path is None:
@@ -713,3 +612,19 @@ class Trainer:
         log.info("restored the best weights (step %s, val loss %.4f) from %s", self.ckpt.best_step,
                  self.ckpt.best_loss, self.ckpt.best_path)
 
+    def close(self, status: str) -> None:
+        self.logger.summary({"final_step": self.step, "status": status,
+                             "best_val_loss": self.early_stopping.best_loss})
+        self.logger.finish()
+        if self.dist.is_main:  # how far the run got against its plan, for the recipe's summary
+            self._write_result(status)
+
+    def _write_result(self, status: str) -> None:
+        """``OUTPUT/train_result.json``: status, steps reached and planned, minutes, best validation."""
+        max_steps = self.cadence.max_steps
+        result = {"status": status, "step": self.step,
+                  "max_steps": None if math.isinf(max_steps) else int(max_steps),
+                  "minutes": round((time.perf_counter() - self.started) / 60, 2),
+                  "max_minutes": self.tcfg.training.max_minutes, "best_val_loss": self.early_stopping.best_loss}
+        with open(os.path.join(self.paths.output_dir, "train_result.json"), "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)

@@ -26,7 +26,7 @@ import torch
 
 from model.echolancer import Echolancer
 from model.pretrained import resolve_checkpoint_path
-from training.engine import check_resume_compatible
+from training.resume import check_resume_compatible
 from utils.char_tokenizer import CharTokenizer
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.config import ConfigError, ModelConfig, config_from_dict, config_to_dict
@@ -80,6 +80,44 @@ def _drop(section: dict, path: tuple[str, ...]) -> None:
     section.pop(path[-1], None)
 
 
+def _read_source(source: str, output_dir: Optional[str]) -> tuple[str, dict]:
+    """The source's resolved path and contents, refused when missing, inside ``output_dir`` or config-less."""
+    if not os.path.exists(source):
+        raise CheckpointError(f"--init_from {source}: no such file or directory (give a run's export/ directory, "
+                              "an echolancer.pt, a checkpoint file or a ckpt/ directory)")
+    path = os.path.abspath(resolve_checkpoint_path(source))
+    if output_dir is not None and os.path.commonpath([path, os.path.abspath(output_dir)]) == os.path.abspath(output_dir):
+        raise ConfigError(f"--init_from {path} lies inside --output_dir {output_dir}, which the new run writes "
+                          "(its export would replace the source): choose another --output_dir")
+    ck = load_checkpoint(path, map_location="cpu")
+    if not isinstance(ck.get("model"), dict) or ck.get("model_config") is None:
+        raise CheckpointError(f"--init_from {path}: not an inference export or training checkpoint (no model and "
+                              "model_config); a raw state dict carries no config to check the architecture against")
+    return path, ck
+
+
+def _grown_tables(path: str, saved: dict, current: dict, target: dict) -> dict[str, tuple[int, int]]:
+    """``key -> (old, new)`` of the tables that grow; sets ``saved[key]`` to the current size (so the
+    architecture check compares the rest), refuses a table that would shrink.
+
+    Args:
+        saved, current: the source's and this run's ``model`` sections.
+        target: the new model's state dict.
+    """
+    grown: dict[str, tuple[int, int]] = {}
+    for key, (table, _) in GROWABLE.items():
+        old, new = int(saved[key]), int(current[key])
+        saved[key] = current[key]  # decided here; the rest must match exactly
+        if table not in target:  # sizes nothing (n_speaker of a model without a speaker table)
+            continue
+        if new < old:
+            raise ConfigError(f"--init_from {path}: model.{key} is {new} but the source has {old}: a table can grow "
+                              f"for fine-tuning, not shrink (set model.{key} >= {old})")
+        if new > old:
+            grown[key] = (old, new)
+    return grown
+
+
 def init_from_pretrained(model: Echolancer, model_cfg: ModelConfig, tokenizer: CharTokenizer, source: str,
                          output_dir: Optional[str] = None) -> InitFrom:
     """Copy a trained model's weights into ``model`` (built from ``model_cfg``), growing tables as allowed.
@@ -93,33 +131,13 @@ def init_from_pretrained(model: Echolancer, model_cfg: ModelConfig, tokenizer: C
         CheckpointError: missing or unreadable source, or one without a model config.
         ConfigError: an architecture that differs, or a table that would shrink.
     """
-    if not os.path.exists(source):
-        raise CheckpointError(f"--init_from {source}: no such file or directory (give a run's export/ directory, "
-                              "an echolancer.pt, a checkpoint file or a ckpt/ directory)")
-    path = os.path.abspath(resolve_checkpoint_path(source))
-    if output_dir is not None and os.path.commonpath([path, os.path.abspath(output_dir)]) == os.path.abspath(output_dir):
-        raise ConfigError(f"--init_from {path} lies inside --output_dir {output_dir}, which the new run writes "
-                          "(its export would replace the source): choose another --output_dir")
-    ck = load_checkpoint(path, map_location="cpu")
-    if not isinstance(ck.get("model"), dict) or ck.get("model_config") is None:
-        raise CheckpointError(f"--init_from {path}: not an inference export or training checkpoint (no model and "
-                              "model_config); a raw state dict carries no config to check the architecture against")
+    path, ck = _read_source(source, output_dir)
     # Through the schema, like resume: keys added since the source was written take their defaults.
     saved = config_to_dict(config_from_dict(ModelConfig, ck["model_config"], f"{path} (model_config)"))["model"]
     current = config_to_dict(model_cfg)["model"]
 
     target = model.state_dict()
-    grown: dict[str, tuple[int, int]] = {}
-    for key, (table, _) in GROWABLE.items():
-        old, new = int(saved[key]), int(current[key])
-        saved[key] = current[key]  # decided here; the rest must match exactly
-        if table not in target:  # sizes nothing (n_speaker of a model without a speaker table)
-            continue
-        if new < old:
-            raise ConfigError(f"--init_from {path}: model.{key} is {new} but the source has {old}: a table can grow "
-                              f"for fine-tuning, not shrink (set model.{key} >= {old})")
-        if new > old:
-            grown[key] = (old, new)
+    grown = _grown_tables(path, saved, current, target)
     for section in (saved, current):
         for key_path in FREE_KEYS:
             _drop(section, key_path)

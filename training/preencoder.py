@@ -3,8 +3,8 @@
 ``train_preencoder.py`` is its command line. Mels come from :func:`utils.audio.mel_spectrogram` (the
 one shared mel function) and are cached in ``<output_dir>/mel_cache.pt``. Training crops random
 ``segment_frames`` windows, minimises masked L1 + L2 reconstruction, validates on held-out whole
-clips and checkpoints through the engine (``training/engine.py``: output-directory safety, signals,
-the non-finite policy, resume checks). Resume is exact: batches are seeded by (seed, step). When
+clips; the shared loop (``training/loop.py``) resumes, saves, handles signals and the non-finite
+policy. Resume is exact: batches are seeded by (seed, step). When
 training ends it exports the best validated weights to ``<output_dir>/export/``: the TorchScript
 files :class:`scripted_preencoder.ScriptedPreEncoder` loads (``model_cpu.pt``, ``model_cuda.pt``
 with CUDA), ``model_config.yaml``, and ``weights.pt`` (tensors only), written and read back by
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,52 +25,26 @@ from tqdm import tqdm
 
 from model.preencoder import PreEncoder, lengths_to_mask, reconstruction_loss
 from model.preencoder_artifact import export_preencoder, model_from_checkpoint
-from training.engine import (
-    NonFinitePolicy,
-    StopSignals,
-    apply_optimizer_settings,
-    autocast,
-    check_resume_compatible,
-    prepare_output_dir,
-    resolve_precision,
-    seed_everything,
-)
+from training.audio_files import find_audio_files
+from training.engine import autocast, resolve_precision
+from training.loop import Cadence, Recipe, RunPlace, Validation
+from training.nonfinite import NonFinitePolicy
+from training.resume import apply_optimizer_settings, check_resume_compatible
 from utils.audio import griffin_lim, load_wav, mel_spectrogram
-from utils.checkpoint import (
-    CheckpointError,
-    CheckpointManager,
-    capture_rng_state,
-    checkpoint_name,
-    load_checkpoint,
-    restore_rng_state,
-)
+from utils.checkpoint import CheckpointError, CheckpointManager, capture_rng_state, restore_rng_state
 from utils.config import config_from_dict, config_to_dict
 from utils.config.preencoder import PreEncoderConfig
 from utils.device import pick_device
-from utils.logger import Logger
 from utils.scheduler import build_scheduler
 
 log = logging.getLogger("echolancer.train")
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 MAX_VAL_FRAMES = 1000  # longer validation clips are cut (bounds memory and time)
 
 
 # --------------------------------------------------------------------------------------------
 # Data: whole-clip mels in memory, random crops per step
 # --------------------------------------------------------------------------------------------
-
-
-def find_audio_files(data_dir: str) -> list[str]:
-    """All audio files under ``data_dir`` (recursive), sorted so every run sees the same order."""
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"--data_dir {data_dir}: no such directory")
-    found = []
-    for root, _, names in os.walk(data_dir):
-        found += [os.path.join(root, n) for n in names if n.lower().endswith(AUDIO_EXTENSIONS)]
-    if not found:
-        raise FileNotFoundError(f"--data_dir {data_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
-    return sorted(found)
 
 
 def load_mels(files: list[str], cfg: PreEncoderConfig, cache_path: Optional[str]) -> list[Tensor]:
@@ -174,6 +149,145 @@ class PreEncoderResult:
     last_checkpoint: Optional[str]
 
 
+class PreEncoderRecipe(Recipe):
+    """The codec's recipe for the shared loop (``training/loop.py``): random crops seeded by the step,
+    one AdamW step of masked L1 + L2 each, validation on whole held-out clips.
+
+    Args:
+        cfg: the validated pre-encoder config.
+        data_dir: the audio files (searched recursively).
+        place: where the run writes and how it starts (resume, overwrite, export).
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (None: the local GPU if any).
+    """
+
+    name = "pre-encoder"
+    bar_unit = "step"
+
+    def __init__(self, cfg: PreEncoderConfig, data_dir: str, place: RunPlace, device: Optional[str] = None) -> None:
+        super().__init__(place)
+        self.cfg, self.data_dir = cfg, data_dir
+        t = cfg.training
+        self.device = pick_device(device)
+        self.seed, self.keep_last, self.wandb = t.seed, t.keep_last, cfg.wandb
+        self._last: Optional[dict] = None
+        self.start()
+
+    def build(self) -> None:
+        t, dev = self.cfg.training, self.device
+        os.makedirs(self.output_dir, exist_ok=True)
+        files = find_audio_files(self.data_dir)
+        self.mels = load_mels(files, self.cfg, os.path.join(self.output_dir, "mel_cache.pt"))
+        self.train_ids, self.val_ids = split_files(len(self.mels), self.cfg)
+        self.model = PreEncoder.from_config(self.cfg).to(dev).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate, betas=tuple(t.betas),
+                                     weight_decay=t.weight_decay)
+        self.sched = build_scheduler(self.opt, "warmup_cosine", t.warmup_steps, t.max_steps, t.min_lr_ratio)
+        self.nonfinite = NonFinitePolicy(t.max_nonfinite_steps)
+        self.precision = resolve_precision(t.precision, dev)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.cadence = Cadence(t.log_step, t.val_step, t.save_step, max_steps=t.max_steps, at_the_last_step=True)
+
+    def ready(self) -> None:
+        log.info("pre-encoder: %s parameters, %d training / %d validation clips, device %s",
+                 f"{sum(p.numel() for p in self.model.parameters()):,}", len(self.train_ids), len(self.val_ids),
+                 self.device)
+
+    def wandb_config(self) -> dict:
+        return config_to_dict(self.cfg)
+
+    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        while True:  # crops drawn for the step they train (exact resume without sampler state)
+            yield sample_batch(self.mels, self.train_ids, self.step, self.cfg)
+
+    def train_step(self, batch: tuple[Tensor, Tensor]) -> dict:
+        """One AdamW step on a (mels, pad mask) batch; a non-finite loss or gradient applies nothing."""
+        t, dev, model, opt, scaler = self.cfg.training, self.device, self.model, self.opt, self.scaler
+        mel, mask = batch[0].to(dev), batch[1].to(dev)
+        with autocast(self.precision, dev):
+            recon, idx = model(mel, mask)
+        loss, l1, l2 = reconstruction_loss(recon.float(), mel, mask, t.l1_weight, t.l2_weight)
+        opt.zero_grad(set_to_none=True)
+        finite, grad_norm = bool(torch.isfinite(loss)), None
+        if finite:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_thresh)
+            finite = bool(torch.isfinite(grad_norm))
+        self.nonfinite.record(finite)
+        if finite:
+            scaler.step(opt)
+        if scaler.is_enabled():
+            scaler.update()
+        opt.zero_grad(set_to_none=True)
+        self.sched.step()  # a skipped step still advances the schedule (engine policy)
+        self.step += 1
+        return {"finite": finite, "loss": loss, "l1": l1, "l2": l2, "grad_norm": grad_norm, "idx": idx, "mask": mask}
+
+    def record(self, metrics: dict) -> None:
+        self._last = metrics
+
+    def log_train(self) -> Optional[dict[str, str]]:
+        m = self._last
+        if m is None or not m["finite"]:
+            return None
+        used = m["idx"][~self.model.token_mask(m["mask"])[:, 0]].unique().numel()  # tokens: frames / downsample
+        self.logger.log({"train/loss": m["loss"].item(), "train/l1": m["l1"].item(), "train/l2": m["l2"].item(),
+                         "train/grad_norm": float(m["grad_norm"]), "train/lr": self.sched.get_last_lr()[0],
+                         "train/codes_used": used, "train/code_usage": used / self.model.codebook_size,
+                         "train/nonfinite_skips": self.nonfinite.total}, self.step)
+        return {"loss": f"{m['loss'].item():.3f}", "codes": str(used)}
+
+    def validate(self) -> Optional[Validation]:
+        val = validate(self.model, self.mels, self.val_ids, self.cfg, self.device)
+        if val is None:
+            return None
+        return Validation(val.loss, {"val/loss": val.loss, "val/l1": val.l1, "val/l2": val.l2}, details=val)
+
+    def report_validation(self, val: Validation) -> None:
+        v, step = val.details, self.step
+        self.logger.log(val.metrics, step)
+        log.info("step %d: val loss %.4f (l1 %.4f, l2 %.4f)", step, v.loss, v.l1, v.l2)
+        image = torch.cat([v.first_target.T.flip(0), v.first_recon.T.flip(0)], dim=0)
+        self.logger.log_image("val/mel_target_over_recon", image.numpy(), step)
+        wav = griffin_lim(v.first_recon.T, self.cfg.audio)
+        self.logger.log_audio("val/recon_griffin_lim", wav.numpy(), self.cfg.audio.sampling_rate, step)
+
+    def checkpoint_state(self, rng: Optional[dict] = None) -> dict:
+        return {"kind": "preencoder", "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "step": self.step, "config": config_to_dict(self.cfg),
+                "rng": rng if rng is not None else capture_rng_state(), "nonfinite_total": self.nonfinite.total,
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict, source: str) -> None:
+        if state.get("kind") != "preencoder":
+            raise CheckpointError(f"{source}: not a pre-encoder checkpoint (kind={state.get('kind')!r})")
+        cfg, t = self.cfg, self.cfg.training
+        stored = config_from_dict(PreEncoderConfig, state["config"], f"{source} (stored config)")
+        check_resume_compatible(source, {"model": (config_to_dict(stored.model), config_to_dict(cfg.model)),
+                                         "audio": (config_to_dict(stored.audio), config_to_dict(cfg.audio))})
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        apply_optimizer_settings(source, self.opt, self.sched, {"learning_rate": t.learning_rate,
+                                                                "weight_decay": t.weight_decay, "betas": t.betas},
+                                 key_prefix="training")
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.nonfinite.total = int(state.get("nonfinite_total", 0))
+        restore_rng_state(state["rng"])
+
+    def checkpoint_artifact(self, val_loss: Optional[float]) -> dict:
+        return {"name": "preencoder", "type": "model", "aliases": [f"step_{self.step}"]}
+
+    def export(self) -> Optional[str]:
+        if not self.place.export:
+            return None
+        export_dir = os.path.join(self.output_dir, "export")
+        export_best(self.ckpt, self.model, self.cfg, export_dir)
+        return export_dir
+
+
 def train(cfg: PreEncoderConfig, data_dir: str, output_dir: str, resume: Optional[str] = None,
           device: Optional[str] = None, overwrite: bool = False, export: bool = True) -> PreEncoderResult:
     """Train, checkpoint and (when it ends normally) export.
@@ -182,130 +296,9 @@ def train(cfg: PreEncoderConfig, data_dir: str, output_dir: str, resume: Optiona
         resume: a checkpoint file or directory to continue from (None: a fresh run).
         overwrite: a fresh run may replace another run's checkpoints in ``output_dir`` (moved aside).
     """
-    t = cfg.training
-    dev = pick_device(device)
-    prepare_output_dir(output_dir, resume, overwrite)
-    os.makedirs(output_dir, exist_ok=True)
-    ckpt_dir = os.path.join(output_dir, "ckpt")
-    seed_everything(t.seed)
-
-    files = find_audio_files(data_dir)
-    mels = load_mels(files, cfg, os.path.join(output_dir, "mel_cache.pt"))
-    train_ids, val_ids = split_files(len(mels), cfg)
-
-    model = PreEncoder.from_config(cfg).to(dev).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, betas=tuple(t.betas), weight_decay=t.weight_decay)
-    sched = build_scheduler(opt, "warmup_cosine", t.warmup_steps, t.max_steps, t.min_lr_ratio)
-    manager = CheckpointManager(ckpt_dir, keep_last=t.keep_last, adopt_existing=resume is not None)
-    nonfinite = NonFinitePolicy(t.max_nonfinite_steps)
-    precision = resolve_precision(t.precision, dev)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-
-    step, run_id = 0, None
-    if resume is not None:
-        state = load_checkpoint(resume)  # raises clearly if there is nothing to resume
-        if state.get("kind") != "preencoder":
-            raise CheckpointError(f"{resume}: not a pre-encoder checkpoint (kind={state.get('kind')!r})")
-        stored = config_from_dict(PreEncoderConfig, state["config"], f"{resume} (stored config)")
-        check_resume_compatible(resume, {"model": (config_to_dict(stored.model), config_to_dict(cfg.model)),
-                                         "audio": (config_to_dict(stored.audio), config_to_dict(cfg.audio))})
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        apply_optimizer_settings(resume, opt, sched, {"learning_rate": t.learning_rate, "weight_decay": t.weight_decay,
-                                                      "betas": t.betas}, key_prefix="training")
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        step = int(state["step"])
-        nonfinite.total = int(state.get("nonfinite_total", 0))
-        run_id = state.get("wandb_run_id")
-        restore_rng_state(state["rng"])
-        log.info("resumed from %s at step %d", resume, step)
-
-    logger = Logger(output_dir, project=cfg.wandb.project, mode=cfg.wandb.mode, run_name=cfg.wandb.run_name,
-                    entity=cfg.wandb.entity, config=config_to_dict(cfg), run_id=run_id)
-    log.info("pre-encoder: %s parameters, %d training / %d validation clips, device %s",
-             f"{sum(p.numel() for p in model.parameters()):,}", len(train_ids), len(val_ids), dev)
-    last_checkpoint: Optional[str] = None
-
-    def save(val_loss: Optional[float]) -> None:
-        nonlocal last_checkpoint
-        state = {"kind": "preencoder", "model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "step": step, "config": config_to_dict(cfg),
-                 "rng": capture_rng_state(), "wandb_run_id": logger.run_id, "nonfinite_total": nonfinite.total,
-                 "scaler": scaler.state_dict()}
-        last_checkpoint = manager.save(state, step, val_loss)
-        log.info("saved %s", last_checkpoint)
-        if cfg.wandb.log_checkpoints:
-            logger.log_artifact(last_checkpoint, name="preencoder", type="model", aliases=[f"step_{step}"])
-
-    status = "finished"
-    bar = tqdm(total=t.max_steps, initial=step, desc="pre-encoder", unit="step", dynamic_ncols=True)
-    try:
-        with StopSignals() as signals:
-            while step < t.max_steps:
-                if signals.requested:
-                    if last_checkpoint is None or not last_checkpoint.endswith(checkpoint_name(step)):
-                        save(None)
-                    status = "interrupted"
-                    break
-                batch, mask = sample_batch(mels, train_ids, step, cfg)
-                batch, mask = batch.to(dev), mask.to(dev)
-                with autocast(precision, dev):
-                    recon, idx = model(batch, mask)
-                loss, l1, l2 = reconstruction_loss(recon.float(), batch, mask, t.l1_weight, t.l2_weight)
-                opt.zero_grad(set_to_none=True)
-                finite = bool(torch.isfinite(loss))
-                if finite:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(opt)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_thresh)
-                    finite = bool(torch.isfinite(grad_norm))
-                nonfinite.record(finite)
-                if finite:
-                    scaler.step(opt)
-                if scaler.is_enabled():
-                    scaler.update()
-                opt.zero_grad(set_to_none=True)
-                sched.step()  # a skipped step still advances the schedule (engine policy)
-                step += 1
-                bar.update(1)
-                if nonfinite.should_stop:
-                    save(None)
-                    log.error("%s; last good state saved to %s", nonfinite.message(step), last_checkpoint)
-                    status = "nonfinite"
-                    break
-
-                if finite and step % t.log_step == 0:
-                    used = idx[~model.token_mask(mask)[:, 0]].unique().numel()  # tokens: frames / downsample
-                    metrics = {"train/loss": loss.item(), "train/l1": l1.item(), "train/l2": l2.item(),
-                               "train/grad_norm": float(grad_norm), "train/lr": sched.get_last_lr()[0],
-                               "train/codes_used": used, "train/code_usage": used / model.codebook_size,
-                               "train/nonfinite_skips": nonfinite.total}
-                    logger.log(metrics, step)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", codes=used)
-                val_loss = None
-                if step % t.val_step == 0 or step == t.max_steps:
-                    val = validate(model, mels, val_ids, cfg, dev)
-                    if val is not None:
-                        val_loss = val.loss
-                        logger.log({"val/loss": val.loss, "val/l1": val.l1, "val/l2": val.l2}, step)
-                        log.info("step %d: val loss %.4f (l1 %.4f, l2 %.4f)", step, val.loss, val.l1, val.l2)
-                        image = torch.cat([val.first_target.T.flip(0), val.first_recon.T.flip(0)], dim=0)
-                        logger.log_image("val/mel_target_over_recon", image.numpy(), step)
-                        wav = griffin_lim(val.first_recon.T, cfg.audio)
-                        logger.log_audio("val/recon_griffin_lim", wav.numpy(), cfg.audio.sampling_rate, step)
-                if step % t.save_step == 0 or step == t.max_steps:
-                    save(val_loss)
-    finally:
-        bar.close()
-        logger.finish()
-
-    export_dir = None
-    if status == "finished" and export:
-        export_dir = os.path.join(output_dir, "export")
-        export_best(manager, model, cfg, export_dir)
-    return PreEncoderResult(status, step, export_dir, last_checkpoint)
+    recipe = PreEncoderRecipe(cfg, data_dir, RunPlace(output_dir, resume, overwrite, export), device)
+    status = recipe.run()
+    return PreEncoderResult(status, recipe.step, recipe.export_dir, recipe.last_checkpoint)
 
 
 def export_best(manager: CheckpointManager, model: PreEncoder, cfg: PreEncoderConfig, export_dir: str) -> list[str]:

@@ -4,8 +4,9 @@
 C8C8I generator (Kaneko et al. 2022): random ``training.segment_size``-sample segments; per step one
 discriminator update (LSGAN) and one generator update (LSGAN + 2 x feature matching + 45 x mel L1).
 Mels come from ``utils.audio``'s one mel function, so the vocoder hears exactly what the pre-encoder
-and Echolancer produce. The engine (``training/engine.py``) provides precision, signals, the
-non-finite policy, resume checks and output-directory safety.
+and Echolancer produce. The shared loop (``training/loop.py``) resumes, saves, handles signals,
+the non-finite policy and the cadence; the engine (``training/engine.py``) gives precision and
+resume checks.
 
 Output directory:
     OUT/config.yaml                   the resolved config
@@ -25,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -36,8 +36,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
-from tqdm import tqdm
+from torch.utils.data import DataLoader
 
 from model.istftnet import (
     ISTFT,
@@ -48,108 +47,23 @@ from model.istftnet import (
     generator_adversarial_loss,
 )
 from model.istftnet_artifact import export_istftnet
-from training.engine import (
-    NonFinitePolicy,
-    StopSignals,
-    amp_dtype,
-    apply_optimizer_settings,
-    build_adam,
-    check_resume_compatible,
-    prepare_output_dir,
-    resolve_optimizer_impl,
-    resolve_precision,
-    seed_everything,
-    worker_init_fn,
-)
+from training.audio_files import find_audio_files
+from training.engine import amp_dtype, build_adam, resolve_optimizer_impl, resolve_precision
+from training.loop import Cadence, Recipe, RunPlace, Validation
+from training.nonfinite import NonFinitePolicy
+from training.resume import apply_optimizer_settings, check_resume_compatible
+from training.vocoder_data import SegmentDataset as SegmentDataset  # importable from here, as before
+from training.vocoder_data import make_loader, split_files
 from utils.audio import load_wav, mel_spectrogram, save_wav
-from utils.checkpoint import (
-    CheckpointError,
-    CheckpointManager,
-    capture_rng_state,
-    checkpoint_name,
-    load_checkpoint,
-    restore_rng_state,
-)
+from utils.checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state
 from utils.config import config_from_dict, config_to_dict
 from utils.config.vocoder import VocoderConfig
 from utils.device import pick_device
 from utils.logger import Logger
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 # Sections that define the weights: a resumed run must not change them.
 ARCHITECTURE_SECTIONS = ("generator", "discriminator", "audio")
 log = logging.getLogger("echolancer.train")
-
-
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-
-
-def find_audio_files(data_dir: str) -> list[str]:
-    """Every audio file under ``data_dir`` (recursive), sorted so the split is reproducible."""
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"--data_dir {data_dir}: no such directory")
-    files = []
-    for root, _, names in os.walk(data_dir):
-        files.extend(os.path.join(root, n) for n in names if n.lower().endswith(AUDIO_EXTENSIONS))
-    if not files:
-        raise FileNotFoundError(f"--data_dir {data_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
-    return sorted(files)
-
-
-def split_files(files: list[str], val_fraction: float, max_val: int, seed: int) -> tuple[list[str], list[str]]:
-    """Hold out ``val_fraction`` of the files (at least one, at most ``max_val``) for validation.
-
-    With a single file there is nothing to hold out: it is used for both.
-    """
-    if len(files) < 2 or val_fraction == 0:
-        return list(files), list(files[:1]) if val_fraction > 0 else []
-    order = list(files)
-    random.Random(seed).shuffle(order)
-    n_val = min(max_val, max(1, round(len(files) * val_fraction)))
-    return sorted(order[n_val:]), sorted(order[:n_val])
-
-
-class SegmentDataset(Dataset):
-    """One random ``segment_size``-sample segment per file per epoch (zero-padded if shorter).
-
-    Args:
-        files: audio files.  sampling_rate: target rate (other rates are resampled).
-        segment_size: samples per item.
-    Returns (per item): (segment_size,) float32 waveform.
-    """
-
-    def __init__(self, files: list[str], sampling_rate: int, segment_size: int) -> None:
-        self.files = files
-        self.sampling_rate = sampling_rate
-        self.segment_size = segment_size
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> Tensor:
-        wav = load_wav(self.files[i], self.sampling_rate)
-        if wav.numel() >= self.segment_size:
-            # torch's RNG: seeded per worker by the DataLoader, so runs are reproducible.
-            start = int(torch.randint(0, wav.numel() - self.segment_size + 1, ()))
-            return wav[start : start + self.segment_size]
-        return F.pad(wav, (0, self.segment_size - wav.numel()))
-
-
-def make_loader(files: list[str], cfg: VocoderConfig, seed: int, pin_memory: bool) -> DataLoader:
-    t = cfg.training
-    ds = SegmentDataset(files, cfg.audio.sampling_rate, t.segment_size)
-    # Fewer files than a batch (tiny datasets, tests): draw with replacement to fill one batch.
-    sampler = RandomSampler(
-        ds, replacement=len(ds) < t.batch_size, num_samples=max(len(ds), t.batch_size),
-        generator=torch.Generator().manual_seed(seed),
-    )
-    return DataLoader(
-        ds, batch_size=t.batch_size, sampler=sampler, drop_last=True, num_workers=t.num_workers,
-        pin_memory=pin_memory, persistent_workers=t.num_workers > 0,
-        worker_init_fn=worker_init_fn if t.num_workers > 0 else None,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,7 +281,7 @@ class VocoderTrainer:
 
 
 # --------------------------------------------------------------------------------------------
-# Main loop
+# The recipe
 # --------------------------------------------------------------------------------------------
 
 
@@ -388,105 +302,135 @@ class VocoderResult:
     last_checkpoint: Optional[str]
 
 
+class VocoderRecipe(Recipe):
+    """The vocoder's recipe for the shared loop (``training/loop.py``): the GAN steps of
+    :class:`VocoderTrainer` over epochs of random segments, validation by resynthesis.
+
+    Args:
+        cfg: the validated vocoder config.
+        data_dir: the audio files (searched recursively).
+        place: where the run writes and how it starts (resume, overwrite, export).
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (None: the local GPU if any).
+    """
+
+    name = "vocoder"
+
+    def __init__(self, cfg: VocoderConfig, data_dir: str, place: RunPlace, device: Optional[str] = None) -> None:
+        super().__init__(place)
+        self.cfg, self.data_dir = cfg, data_dir
+        t = cfg.training
+        self.device = pick_device(device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed segment size: autotuned kernels pay off
+        self.seed, self.keep_last, self.wandb = t.seed, t.keep_last, cfg.wandb
+        self.map_location = self.device
+        self._loader: Optional[DataLoader] = None
+        self.start()
+
+    # The GAN trainer keeps the counters its checkpoints hold.
+    @property
+    def step(self) -> int:
+        return self.gan.step
+
+    @property
+    def epoch(self) -> int:
+        return self.gan.epoch
+
+    def build(self) -> None:
+        t = self.cfg.training
+        files = find_audio_files(self.data_dir)
+        self.train_files, self.val_files = split_files(files, t.val_fraction, t.max_val_files, t.seed)
+        os.makedirs(self.output_dir, exist_ok=True)
+        with open(os.path.join(self.output_dir, "config.yaml"), "w", encoding="utf-8") as f:
+            f.write(f"# resolved config of: {' '.join(sys.argv)}\n")
+            yaml.safe_dump(config_to_dict(self.cfg), f, sort_keys=False)
+        self.gan = VocoderTrainer(self.cfg, self.device)
+        self.nonfinite = self.gan.nonfinite
+        self.cadence = Cadence(t.log_step, t.val_step, t.save_step, max_steps=t.max_steps, at_the_last_step=True)
+
+    def ready(self) -> None:
+        gan = self.gan
+        log.info("%d training / %d validation files; device %s, precision %s, %s AdamW (optimizer.impl = %s); "
+                 "generator %.2fM params, discriminators %.2fM", len(self.train_files), len(self.val_files),
+                 self.device, gan.precision, gan.optimizer_impl, self.cfg.optimizer.impl,
+                 sum(p.numel() for p in gan.generator.parameters()) / 1e6,
+                 sum(p.numel() for p in gan.discriminators.parameters()) / 1e6)
+
+    def wandb_config(self) -> dict:
+        return config_to_dict(self.cfg)
+
+    def begin(self) -> None:
+        self._last: dict[str, float] = {}
+        self._last_log = (time.time(), self.step)
+
+    def batches(self) -> DataLoader:
+        if self._loader is None:
+            # Seeded by the epoch reached: a resumed run draws fresh segments rather than a replay.
+            self._loader = make_loader(self.train_files, self.cfg, self.cfg.training.seed + self.epoch,
+                                       self.device.type == "cuda")
+        return self._loader
+
+    def train_step(self, batch: Tensor) -> dict[str, float]:
+        return self.gan.train_step(batch)
+
+    def record(self, metrics: dict[str, float]) -> None:
+        self._last = metrics
+
+    def log_train(self) -> Optional[dict[str, str]]:
+        metrics = self._last
+        if "loss_g" not in metrics:  # a skipped (non-finite) step has no losses to log
+            return None
+        now = time.time()
+        metrics["steps_per_s"] = (self.step - self._last_log[1]) / max(now - self._last_log[0], 1e-9)
+        self._last_log = (now, self.step)
+        self.logger.log({f"train/{k}": v for k, v in metrics.items()}, self.step)
+        return {"mel": f"{metrics['loss_mel']:.3f}", "g": f"{metrics['loss_g']:.2f}", "d": f"{metrics['loss_d']:.2f}"}
+
+    def end_epoch(self) -> None:
+        self.gan.epoch += 1
+
+    def validate(self) -> Optional[Validation]:
+        if not self.val_files:
+            return None
+        loss, outputs = self.gan.validate(self.val_files, self.cfg.training.val_max_seconds)
+        return Validation(loss, {"val/mel_l1": loss}, details=outputs)
+
+    def report_validation(self, val: Validation) -> None:
+        step = self.step
+        self.logger.log(val.metrics, step)
+        log.info("step %d: val mel L1 %.4f", step, val.loss)
+        _log_samples(self.logger, self.output_dir, val.details, step, self.cfg.audio.sampling_rate,
+                     with_real=step == self.cfg.training.val_step)
+
+    def checkpoint_state(self, rng: Optional[dict] = None) -> dict:
+        state = self.gan.state_dict()
+        if rng is not None:
+            state["rng"] = rng
+        return state
+
+    def load_state_dict(self, state: dict, source: str) -> None:
+        self.gan.load_state_dict(state, source)
+
+    def checkpoint_artifact(self, val_loss: Optional[float]) -> dict:
+        return {"name": "istftnet-checkpoint", "type": "model", "aliases": [f"step-{self.step}"]}
+
+    def export(self) -> Optional[str]:
+        """Export the best validated generator (``best.pt``) when there is one, like the other recipes."""
+        if not self.place.export:
+            return None
+        export_dir = os.path.join(self.output_dir, "export")
+        best = self.ckpt.best_path
+        if best is not None:
+            self.gan.load_state_dict(load_checkpoint(best, map_location=self.device), best)
+            log.info("exporting the best checkpoint (step %d, val mel L1 %.4f)", self.step, self.ckpt.best_loss)
+        for path in self.gan.export(export_dir):
+            log.info("wrote %s", path)
+        return export_dir
+
+
 def train(cfg: VocoderConfig, data_dir: str, output_dir: str, resume: Optional[str] = None,
           device: Optional[str] = None, overwrite: bool = False, export: bool = True) -> VocoderResult:
     """Train, checkpoint and (when it ends normally) export the best validated generator."""
-    t = cfg.training
-    dev = pick_device(device)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed segment size: autotuned kernels pay off
-    prepare_output_dir(output_dir, resume, overwrite)
-    seed_everything(t.seed)
-
-    files = find_audio_files(data_dir)
-    train_files, val_files = split_files(files, t.val_fraction, t.max_val_files, t.seed)
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "config.yaml"), "w", encoding="utf-8") as f:
-        f.write(f"# resolved config of: {' '.join(sys.argv)}\n")
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
-
-    trainer = VocoderTrainer(cfg, dev)
-    manager = CheckpointManager(os.path.join(output_dir, "ckpt"), t.keep_last, adopt_existing=resume is not None)
-    run_id = None
-    if resume is not None:
-        state = load_checkpoint(resume, map_location=dev)
-        trainer.load_state_dict(state, resume)
-        run_id = state.get("wandb_run_id")
-        log.info("resumed from %s at step %d", resume, trainer.step)
-
-    logger = Logger(output_dir, project=cfg.wandb.project, mode=cfg.wandb.mode, run_name=cfg.wandb.run_name,
-                    entity=cfg.wandb.entity, config=config_to_dict(cfg), run_id=run_id)
-    log.info("%d training / %d validation files; device %s, precision %s, %s AdamW (optimizer.impl = %s); "
-             "generator %.2fM params, discriminators %.2fM", len(train_files), len(val_files), dev, trainer.precision,
-             trainer.optimizer_impl, cfg.optimizer.impl,
-             sum(p.numel() for p in trainer.generator.parameters()) / 1e6,
-             sum(p.numel() for p in trainer.discriminators.parameters()) / 1e6)
-    last_checkpoint: Optional[str] = None
-
-    def save(val_loss: Optional[float]) -> None:
-        nonlocal last_checkpoint
-        state = trainer.state_dict()
-        state["wandb_run_id"] = logger.run_id
-        last_checkpoint = manager.save(state, trainer.step, val_loss)
-        log.info("saved %s", last_checkpoint)
-        if cfg.wandb.log_checkpoints:
-            logger.log_artifact(last_checkpoint, name="istftnet-checkpoint", type="model",
-                                aliases=[f"step-{trainer.step}"])
-
-    status = "finished"
-    bar = tqdm(total=t.max_steps, initial=trainer.step, desc="vocoder", dynamic_ncols=True)
-    last_time, last_step = time.time(), trainer.step
-    try:
-        with StopSignals() as signals:
-            # Seeded by the epoch reached: a resumed run draws fresh segments rather than a replay.
-            loader = make_loader(train_files, cfg, t.seed + trainer.epoch, dev.type == "cuda")
-            while trainer.step < t.max_steps and status == "finished":
-                for wav in loader:
-                    metrics = trainer.train_step(wav)
-                    bar.update(1)
-                    step = trainer.step
-                    if trainer.nonfinite.should_stop:
-                        save(None)
-                        log.error("%s; last good state saved to %s", trainer.nonfinite.message(step),
-                                  last_checkpoint)
-                        status = "nonfinite"
-                        break
-                    if "loss_g" in metrics and step % t.log_step == 0:
-                        now = time.time()
-                        metrics["steps_per_s"] = (step - last_step) / max(now - last_time, 1e-9)
-                        last_time, last_step = now, step
-                        logger.log({f"train/{k}": v for k, v in metrics.items()}, step)
-                        bar.set_postfix(mel=f"{metrics['loss_mel']:.3f}", g=f"{metrics['loss_g']:.2f}",
-                                        d=f"{metrics['loss_d']:.2f}")
-                    val_loss = None
-                    if val_files and (step % t.val_step == 0 or step == t.max_steps):
-                        val_loss, outputs = trainer.validate(val_files, t.val_max_seconds)
-                        logger.log({"val/mel_l1": val_loss}, step)
-                        log.info("step %d: val mel L1 %.4f", step, val_loss)
-                        _log_samples(logger, output_dir, outputs, step, cfg.audio.sampling_rate,
-                                     with_real=step == t.val_step)
-                    if step % t.save_step == 0 or step == t.max_steps:
-                        save(val_loss)
-                    if signals.requested:
-                        if last_checkpoint is None or not last_checkpoint.endswith(checkpoint_name(trainer.step)):
-                            save(None)
-                        status = "interrupted"
-                        break
-                    if step >= t.max_steps:
-                        break
-                else:
-                    trainer.epoch += 1
-    finally:
-        bar.close()
-        logger.finish()
-
-    export_dir = None
-    if status == "finished" and export:
-        export_dir = os.path.join(output_dir, "export")
-        best = manager.best_path
-        if best is not None:  # the best validated weights, like the other recipes
-            trainer.load_state_dict(load_checkpoint(best, map_location=dev), best)
-            log.info("exporting the best checkpoint (step %d, val mel L1 %.4f)", trainer.step, manager.best_loss)
-        for path in trainer.export(export_dir):
-            log.info("wrote %s", path)
-    return VocoderResult(status, trainer, export_dir, last_checkpoint)
+    recipe = VocoderRecipe(cfg, data_dir, RunPlace(output_dir, resume, overwrite, export), device)
+    status = recipe.run()
+    return VocoderResult(status, recipe.gan, recipe.export_dir, recipe.last_checkpoint)

@@ -2,7 +2,7 @@
 
     prog: error: <message>
 
-The caller names the exception types that mean bad input (``training.engine.bad_input_errors``
+The caller names the exception types that mean bad input (``training.command.bad_input_errors``
 is the project's list). Everything else is a bug or a failure and keeps its traceback, and so does
 an error flagged ``bug=True`` (a ``PipelineError`` wrapping an unexpected exception).
 """

@@ -59,7 +59,7 @@ def test_the_prior_enters_the_training_forward_only(data, tmp_path, monkeypatch)
     assert any(not torch.equal(a[k], b[k]) for k in a)
     # ...while validation (inference conditions) ignores the prior at any weight.
     with_prior.model.load_state_dict(b)
-    assert with_prior.validate() == without.validate()
+    assert with_prior.validate().metrics == without.validate().metrics
 
 
 def test_checkpoints_and_exports_carry_the_data_length_ratios_that_bound_inference(data, tmp_path, monkeypatch):
