@@ -21,7 +21,7 @@ from model.deploy_export import DeployError, ExportMismatch, check_output_dir, e
 from model.istftnet_artifact import quiet_jit
 from model.pretrained import load_echolancer
 from pipeline import build_synthesizer
-from training.engine import bad_input_errors
+from training.command import bad_input_errors
 from utils.cli import error_line, run_command
 
 PROG = "export_deploy.py"

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.streaming import AudioChunker, Reach, TokenStream, measure_reach
+from model.stream_audio import AudioChunker, Reach, measure_reach
+from model.streaming import TokenStream
 from utils.audio import check_same_audio, griffin_lim
 from utils.char_tokenizer import CharTokenizer
 from utils.config import AudioConfig

@@ -23,12 +23,11 @@ import torch
 from training.command import EXIT_FAILURE, EXIT_OK, add_common_args, run_cli, setup_logging
 from training.engine import set_threads
 from training.resume import resolve_resume
-from training.vocoder import SegmentDataset, VocoderTrainer, split_files, train
+from training.vocoder import VocoderTrainer, train
 from utils.checkpoint import load_checkpoint
 from utils.config import ConfigError, config_from_dict, load_config
 from utils.config.vocoder import VocoderConfig
 
-__all__ = ["SegmentDataset", "VocoderTrainer", "main", "split_files", "train"]  # importable as before
 log = logging.getLogger("echolancer.train")
 
 

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from train_vocoder import VocoderTrainer  # noqa: E402
+from training.vocoder import VocoderTrainer  # noqa: E402
 from utils.config import ConfigError, load_config  # noqa: E402
 from utils.config.vocoder import VocoderConfig  # noqa: E402
 from utils.device import CudaUnavailableError, pick_device  # noqa: E402

@@ -264,10 +264,6 @@ class Echolancer(nn.Module):
         """Build from ``load_config("config/model.yaml")`` (or its ``model`` section)."""
         return cls(cfg.model if isinstance(cfg, ModelConfig) else cfg)
 
-    @property
-    def has_stop_head(self) -> bool:
-        return self.stop_head is not None
-
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

@@ -29,7 +29,6 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
-from utils.config import AudioConfig
 from utils.config.vocoder import DiscriminatorConfig, GeneratorConfig
 
 LRELU_SLOPE = 0.1
@@ -170,10 +169,6 @@ class ISTFT(nn.Module):
             spec, self.n_fft, self.hop_length, self.win_length,
             window=self.window.to(spec.device), center=True,
         )
-
-
-def generator_from_config(cfg: GeneratorConfig, audio: AudioConfig) -> ISTFTNetGenerator:
-    return ISTFTNetGenerator(cfg, audio.n_mels)
 
 
 # --------------------------------------------------------------------------------------------

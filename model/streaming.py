@@ -19,7 +19,7 @@ the tokens within ``reach.left`` before and ``reach.right`` after its own. So ea
 ``reach.right`` tokens are held back until more arrive or the utterance ends. The samples that
 come out are then computed from exactly the inputs one-shot synthesis gives them: with a
 convolutional vocoder the concatenated stream equals one-shot synthesis up to float rounding.
-The reach is measured from the modules themselves (:func:`measure_reach`): a traced vocoder keeps
+The reach is measured from the modules themselves (:func:`model.stream_audio.measure_reach`): a traced vocoder keeps
 no kernel sizes or dilations to add up.
 
 Griffin-Lim is not local (its phase is a global estimate from a random start), so there the
@@ -36,10 +36,6 @@ import torch
 from torch import Tensor
 
 from model.generation import DecodeLoop, GenerationResult, start_decode
-from model.stream_audio import AudioChunker, Reach, Render, measure_reach
-
-__all__ = ["AudioChunker", "Reach", "Render", "TokenStream", "measure_reach"]
-
 
 # --------------------------------------------------------------------------------------------
 # Tokens

@@ -8,7 +8,8 @@ import torch
 
 from model.echolancer import Echolancer
 from model.istftnet import ISTFTNetGenerator
-from model.streaming import AudioChunker, Reach, TokenStream, measure_reach
+from model.stream_audio import AudioChunker, Reach, measure_reach
+from model.streaming import TokenStream
 from pipeline import PipelineError, Synthesizer
 from tests.tiny_chain import TEXT, build_chain
 from utils.audio import mel_spectrogram

@@ -5,8 +5,7 @@ The rest of what recipes share lives by concern: ``training/loop.py`` (the one t
 ``training/signals.py``, ``training/nonfinite.py`` (the non-finite policy), ``training/metrics.py``
 (metrics without host syncs), ``training/resume.py``
 (resume checks, output-directory safety) and ``training/command.py`` (flags, logging, exit codes).
-Their names are importable from here too, as before the split. Nothing here knows a model; the
-contracts are written down in ``docs/DESIGN.md`` ("Training engine").
+Nothing here knows a model; the contracts are written down in ``docs/DESIGN.md`` ("Training engine").
 """
 
 from __future__ import annotations
@@ -19,34 +18,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from training.command import (
-    EXIT_BAD_INPUT,
-    EXIT_FAILURE,
-    EXIT_OK,
-    add_common_args,
-    bad_input_errors,
-    run_cli,
-    setup_logging,
-)
-from training.metrics import MetricWindow, StepMetrics
-from training.nonfinite import GuardedUpdate, NonFinitePolicy
-from training.resume import (
-    RESUME_HINT,
-    apply_optimizer_settings,
-    check_resume_compatible,
-    config_differences,
-    prepare_output_dir,
-    resolve_resume,
-    run_has_checkpoints,
-)
-from training.signals import STOP_SIGNALS, StopSignals, worker_init_fn
 from utils.config import ConfigError
 
-__all__ = [  # the moved names first: callers import them from here as before
-    "EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_OK", "RESUME_HINT", "STOP_SIGNALS", "MetricWindow", "StepMetrics",
-    "StopSignals", "GuardedUpdate", "NonFinitePolicy", "add_common_args", "apply_optimizer_settings", "bad_input_errors", "check_resume_compatible",
-    "config_differences", "prepare_output_dir", "resolve_resume", "run_cli", "run_has_checkpoints",
-    "setup_logging", "worker_init_fn",
+__all__ = [
     "TRAINING_SDPA_BACKENDS", "amp_dtype", "autocast", "build_adam", "resolve_optimizer_impl",
     "resolve_precision", "sdpa_kernel", "seed_everything", "set_threads", "training_attention",
 ]

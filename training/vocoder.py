@@ -52,7 +52,6 @@ from training.engine import amp_dtype, build_adam, resolve_optimizer_impl, resol
 from training.loop import Cadence, Recipe, RunPlace, Validation
 from training.nonfinite import NonFinitePolicy
 from training.resume import apply_optimizer_settings, check_resume_compatible
-from training.vocoder_data import SegmentDataset as SegmentDataset  # importable from here, as before
 from training.vocoder_data import make_loader, split_files
 from utils.audio import load_wav, mel_spectrogram, save_wav
 from utils.checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state

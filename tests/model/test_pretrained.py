@@ -47,7 +47,7 @@ def test_full_checkpoint_rebuilds_model_tokenizer_and_configs(tmp_path):
     torch.save(full_checkpoint(model, cfg, step=123, tokenizer=tok), path)
     loaded = load_echolancer(path)
     assert same_weights(loaded.model, model)
-    assert loaded.model.has_stop_head and not loaded.model.training
+    assert loaded.model.stop_head is not None and not loaded.model.training
     assert loaded.tokenizer.symbols == tok.symbols and loaded.tokenizer.normalize is False
     assert loaded.model_config == cfg
     assert loaded.train_config == TrainConfig()

@@ -1,4 +1,5 @@
-"""training/engine.py: the pieces every trainer shares, tested on their own."""
+"""The pieces every trainer shares (training/engine.py, command.py, nonfinite.py, resume.py, signals.py),
+tested on their own."""
 
 import os
 import signal
@@ -6,21 +7,13 @@ import signal
 import pytest
 import torch
 
-from training.engine import (
-    EXIT_BAD_INPUT,
-    EXIT_FAILURE,
-    EXIT_OK,
-    NonFinitePolicy,
-    StopSignals,
-    apply_optimizer_settings,
-    check_resume_compatible,
-    prepare_output_dir,
-    resolve_precision,
-    resolve_resume,
-    run_cli,
-    worker_init_fn,
-)
+from training.command import EXIT_FAILURE, EXIT_OK, run_cli
+from training.engine import resolve_precision
+from training.nonfinite import NonFinitePolicy
+from training.resume import apply_optimizer_settings, check_resume_compatible, prepare_output_dir, resolve_resume
+from training.signals import StopSignals, worker_init_fn
 from utils.checkpoint import CheckpointManager, list_checkpoints
+from utils.cli import EXIT_BAD_INPUT
 from utils.config import ConfigError
 from utils.scheduler import build_scheduler
 

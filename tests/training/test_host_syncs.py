@@ -16,7 +16,9 @@ import torch
 import training.engine as engine
 from tests.training.tiny_run import MODEL_CFG, TRAIN_CFG, dummy_data
 from training.echolancer import DEVICE_METRICS, RunPaths, Trainer
-from training.engine import MetricWindow, resolve_optimizer_impl
+from training.engine import resolve_optimizer_impl
+from training.metrics import MetricWindow
+from training.nonfinite import NonFinitePolicy
 from utils.checkpoint import load_checkpoint
 from utils.config import load_configs
 from utils.distributed import DistInfo
@@ -186,7 +188,7 @@ def test_fused_non_finite_steps_apply_no_update_and_stop_at_the_next_check(data,
 
 
 def test_a_finite_step_after_the_limit_does_not_hide_it_from_a_late_read():
-    p = engine.NonFinitePolicy(2)
+    p = NonFinitePolicy(2)
     for finite in (False, False, True):  # read together, after the fact
         p.record(finite)
     assert p.should_stop and "2 steps in a row" in p.message(3)

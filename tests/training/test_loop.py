@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import training.loop as loop
-from training.engine import NonFinitePolicy
 from training.loop import Cadence, Recipe, RunPlace, Validation
+from training.nonfinite import NonFinitePolicy
 from utils.checkpoint import capture_rng_state, list_checkpoints, load_checkpoint, restore_rng_state
 from utils.early_stopping import EarlyStopping
 

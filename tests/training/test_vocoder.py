@@ -15,7 +15,8 @@ import torch
 
 import train_vocoder
 from istftnetfe import ISTFTNetFE
-from training.vocoder import SegmentDataset, VocoderTrainer, split_files
+from training.vocoder import VocoderTrainer
+from training.vocoder_data import SegmentDataset, split_files
 from utils.checkpoint import list_checkpoints, load_checkpoint
 from utils.config import AudioConfig, ConfigError, load_config
 from utils.config.vocoder import VocoderConfig
