@@ -9,10 +9,12 @@ Echolancer export and its data's speaker table. Then, with nothing downloaded:
    and a slower rate, so the speaker similarity has something to measure), training clips from the
    recipe's own training sentences and references of the held-out natural sentences;
 2. keeps the first clips up to each ``--minutes`` budget (5 and 15 minutes);
-3. per budget, trains ``--steps`` steps twice: ``train.py --init_from`` the recipe's export with the
-   new voice as a new speaker (the table grows by one row), and the same model from scratch;
-4. scores each run with ``evaluate.py`` on the held-out sentences in the new voice: WER, CER, stop
-   failures and, where evaluate.py reports it, speaker similarity to the new voice's recordings.
+3. per budget, trains ``--steps`` steps twice: ``train.py --init_from`` the recipe's export, and the
+   same model from scratch. The recipe's model is single-speaker (``model.multi_speaker: false``),
+   so the new voice takes its one speaker id and the weights adapt; a multi-speaker source would
+   add the voice as a new row instead (``--set model.n_speaker=N+1``, see the README);
+4. scores each run, and the recipe's model as it is, with ``evaluate.py`` on the held-out sentences
+   in the new voice: WER, CER, stop failures and speaker similarity to the new voice's recordings.
 
 Prints one table and writes ``WORK/finetune_voice.json``. Every stage is a subprocess running the
 project's own commands, so what it measures is what a user gets.
@@ -31,6 +33,7 @@ import time
 import soundfile as sf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run as a script from anywhere: bertfe is at the repository root
 SENTENCES = os.path.join(ROOT, "scripts", "sentences")
 PY = sys.executable
 NEW_SPEAKER = "voice2"
@@ -70,14 +73,8 @@ def subset(corpus: str, out: str, minutes: float) -> float:
     return seconds
 
 
-def preprocess(data: str, out: str, base: str, logs: str) -> int:
-    """Codec tokens with the recipe's codec; the new voice gets the next id after the recipe's speakers."""
-    with open(os.path.join(base, "data", "speakers.json"), encoding="utf-8") as f:
-        speakers = json.load(f)
-    speakers.setdefault(NEW_SPEAKER, max(speakers.values()) + 1)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "speakers.json"), "w", encoding="utf-8") as f:
-        json.dump(speakers, f)
+def preprocess(data: str, out: str, base: str, logs: str) -> None:
+    """Codec tokens of the new voice, with the recipe's codec and text front end."""
     from bertfe import find_packaged_minilm
 
     sh([PY, "preprocess.py", "--input_dir", data, "--output_dir", out,
@@ -85,12 +82,11 @@ def preprocess(data: str, out: str, base: str, logs: str) -> int:
         "--val_fraction", "0.05", "--workers", "0", "--device", "cpu", "--no_progress",
         "--bert_model", find_packaged_minilm(), "--text_frontend", "phonemes"],
        os.path.join(logs, f"preprocess_{os.path.basename(out)}.log"))
-    return speakers[NEW_SPEAKER]
 
 
-def train(data: str, out: str, base: str, steps: int, init: bool, n_speaker: int, logs: str) -> float:
+def train(data: str, out: str, base: str, steps: int, init: bool, logs: str) -> float:
     """One run of ``steps`` steps: from the recipe's export (``init``) or from scratch. Returns seconds."""
-    common = ["--set", f"model.n_speaker={n_speaker}", "--set", "model.text_frontend=phonemes",
+    common = ["--set", "model.text_frontend=phonemes",
               "--set", "training.batch_size=16", "--set", f"training.max_steps={steps}",
               "--set", "training.num_workers=0", "--set", "training.log_step=25",
               "--set", f"training.val_step={steps}", "--set", f"training.save_step={steps}",
@@ -112,20 +108,20 @@ def train(data: str, out: str, base: str, steps: int, init: bool, n_speaker: int
     return time.perf_counter() - t0
 
 
-def evaluate(run: str, refs: str, base: str, speaker: int, limit: int, max_length: int, out: str, logs: str) -> dict:
+def evaluate(checkpoint: str, refs: str, base: str, limit: int, max_length: int, out: str, logs: str) -> dict:
+    """The model's scores on the new voice's held-out sentences (speaker 0, the recipe's sampling)."""
     from bertfe import find_packaged_minilm
 
-    sh([PY, "evaluate.py", "--reference_dir", refs, "--checkpoint", os.path.join(run, "export"),
+    sh([PY, "evaluate.py", "--reference_dir", refs, "--checkpoint", checkpoint,
         "--pre_encoder_dir", os.path.join(base, "preencoder", "export"), "--output_dir", out,
-        "--speakers", str(speaker), "--limit", str(limit), "--batch_size", "10", "--max_length", str(max_length),
+        "--speakers", "0", "--limit", str(limit), "--batch_size", "10", "--max_length", str(max_length),
         "--temperature", "0.6", "--top_k", "50", "--device", "cpu", "--wandb_mode", "offline",
         "--bert_model", find_packaged_minilm()], os.path.join(logs, f"eval_{os.path.basename(out)}.log"))
     with open(os.path.join(out, "eval_report.json"), encoding="utf-8") as f:
         stage = json.load(f)["stages"]["model"]
     keep = ("wer", "cer", "stop_failure_rate", "length_ratio")
     row = {k: stage[k] for k in keep}
-    # Present once evaluate.py scores speaker similarity; the table says "-" otherwise.
-    row["speaker_similarity"] = stage.get("speaker_similarity")
+    row["speaker_similarity"] = stage["speaker_similarity"]  # against the new voice's recordings
     return row
 
 
@@ -140,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_length", type=int, default=1200, help="codec tokens (the recipe's evaluate.max_length)")
     p.add_argument("--eval_limit", type=int, default=20, help="held-out natural sentences scored")
     a = p.parse_args(argv)
-    for need in ("data/speakers.json", "preencoder/export", "echolancer/export"):
+    for need in ("preencoder/export", "echolancer/export"):
         if not os.path.exists(os.path.join(a.base_dir, need)):
             raise SystemExit(f"finetune_voice: --base_dir {a.base_dir} has no {need}; run the speech recipe first")
     work = os.path.abspath(a.work_dir)
@@ -151,17 +147,21 @@ def main(argv: list[str] | None = None) -> int:
     render(os.path.join(SENTENCES, "wordnet_train.txt"), corpus, a.voice, a.train_clips, logs)
     render(os.path.join(SENTENCES, "natural_eval.txt"), refs, a.voice, a.eval_limit, logs)
 
-    rows = []
+    # The starting point: the recipe's model, not adapted, speaking the new voice's sentences.
+    base_scores = evaluate(os.path.join(a.base_dir, "echolancer", "export"), refs, a.base_dir, a.eval_limit, a.max_length,
+                           os.path.join(work, "eval_base"), logs)
+    rows = [{"run": "base (not adapted)", "minutes_of_audio": 0, "steps": 0, "train_seconds": 0, **base_scores}]
+    print(json.dumps(rows[-1]), flush=True)
     for minutes in a.minutes:
         tag = f"{minutes:g}min"
         seconds = subset(corpus, os.path.join(work, f"data_{tag}", NEW_SPEAKER), minutes)
         data = os.path.join(work, f"tokens_{tag}")
-        speaker = preprocess(os.path.join(work, f"data_{tag}", NEW_SPEAKER), data, a.base_dir, logs)
+        preprocess(os.path.join(work, f"data_{tag}", NEW_SPEAKER), data, a.base_dir, logs)
         for init in (True, False):
             name = f"{'finetune' if init else 'scratch'}_{tag}"
             run = os.path.join(work, name)
-            spent = train(data, run, a.base_dir, a.steps, init, speaker + 1, logs)
-            scores = evaluate(run, refs, a.base_dir, speaker, a.eval_limit, a.max_length, os.path.join(work, f"eval_{name}"), logs)
+            spent = train(data, run, a.base_dir, a.steps, init, logs)
+            scores = evaluate(os.path.join(run, "export"), refs, a.base_dir, a.eval_limit, a.max_length, os.path.join(work, f"eval_{name}"), logs)
             rows.append({"run": name, "minutes_of_audio": round(seconds / 60, 2), "steps": a.steps,
                          "train_seconds": round(spent, 1), **scores})
             print(json.dumps(rows[-1]), flush=True)
