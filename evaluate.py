@@ -348,8 +348,8 @@ def format_table(results: list[StageResult]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def evaluate(args: argparse.Namespace) -> dict:
-    """Everything after argument parsing; returns the report (also written to ``OUT/eval_report.json``)."""
+def _check_args(args: argparse.Namespace) -> None:
+    """Reject flag combinations that cannot run, before any model is loaded."""
     if args.ladder and not args.reference_dir:
         raise ConfigError("--ladder needs --reference_dir: the first four stages start from recordings")
     if not args.reference_dir and not (args.checkpoint and args.sentences):
@@ -360,6 +360,99 @@ def evaluate(args: argparse.Namespace) -> dict:
     if not edges or edges[0] < 1 or any(b <= a for a, b in zip(edges, edges[1:])):
         raise ConfigError(f"--length_buckets {' '.join(map(str, edges))}: need increasing word counts >= 1, "
                           f"e.g. {' '.join(map(str, DEFAULT_LENGTH_EDGES))}")
+
+
+def _load_codecs(args: argparse.Namespace, wanted: list[str], device) -> tuple[Any, Any]:
+    """The pre-encoder and the iSTFTNet vocoder, each only when given and some wanted stage uses it.
+
+    Returns:
+        ``(pre, vocoder)``, either None when not loaded.
+    """
+    pre = vocoder = None
+    if args.pre_encoder_dir and ({"round_trip", "model"} & set(wanted)):
+        from scripted_preencoder import ScriptedPreEncoder
+
+        pre = ScriptedPreEncoder(args.pre_encoder_dir, device)
+    if args.istftnet_dir and ({"vocoder", "round_trip", "model"} & set(wanted)):
+        from istftnetfe import ISTFTNetFE
+
+        vocoder = ISTFTNetFE.load_ts(args.istftnet_dir, device)
+    return pre, vocoder
+
+
+def _speaker_references(args: argparse.Namespace, refs: list[Reference], audio: AudioConfig, device
+                        ) -> tuple[Optional[SpeakerEncoder], list]:
+    """The speaker encoder and one embedding per reference recording (None, [] when not scored)."""
+    if not refs or args.no_speaker_similarity:
+        return None, []
+    try:
+        speaker_encoder = SpeakerEncoder(device)
+    except SpeakerEncoderUnavailable as e:
+        raise ConfigError(f"{e}; or pass --no_speaker_similarity") from e
+    # Each recording is embedded once, at the rate its ground-truth clip has, so that stage
+    # compares every clip with exactly itself.
+    return speaker_encoder, [speaker_encoder.embed(c.wav, c.sample_rate) for c in ground_truth_clips(refs, audio)]
+
+
+def _stage_clips(stage: str, args: argparse.Namespace, refs: list[Reference], texts: list[str], audio: AudioConfig,
+                 loaded, pre, vocoder, device, notes: list[str]) -> Optional[tuple[list[Clip], Optional[float]]]:
+    """One stage's clips and synthesis seconds; None (with a note) when a stage lacks what it needs."""
+    if stage == "ground_truth":
+        return ground_truth_clips(refs, audio), None
+    if stage == "griffin_lim":
+        return mel_stage_clips(refs, audio, lambda m: griffin_lim(m[0], audio, n_iter=args.gl_iters))
+    if stage in ("vocoder", "round_trip"):
+        if (stage == "vocoder" and vocoder is None) or (stage == "round_trip" and pre is None):
+            notes.append(f"{stage}: skipped (needs {'--istftnet_dir' if stage == 'vocoder' else '--pre_encoder_dir'})")
+            return None
+        if stage == "round_trip" and vocoder is None:  # the codec alone: its decoded mel through Griffin-Lim
+            notes.append("round_trip: Griffin-Lim (no --istftnet_dir)")
+        voc = vocoder or (lambda m: griffin_lim(m, audio, n_iter=args.gl_iters))  # (1, C, T) -> (1, N)
+        make = (lambda m, v=voc: v(m)[0]) if stage == "vocoder" else (lambda m, v=voc: _round_trip(pre, v, m))
+        return mel_stage_clips(refs, audio, make)
+    if loaded is None:  # model
+        notes.append("model: skipped (needs --checkpoint)")
+        return None
+    return _run_model(args, loaded, pre, vocoder, texts, refs, device)
+
+
+def _build_report(args: argparse.Namespace, loaded, asr: WhisperASR, speaker_encoder: Optional[SpeakerEncoder],
+                  notes: list[str], results: list[StageResult]) -> dict:
+    """The JSON report: inputs, scorers, sampling settings, per-stage results and tables."""
+    return {
+        "checkpoint": None if loaded is None else loaded.path,
+        "checkpoint_step": None if loaded is None else loaded.step,
+        "reference_dir": args.reference_dir,
+        "sentences": args.sentences,
+        "asr": {"model": asr.model_dir, "beam_size": asr.beam_size},
+        "speaker_encoder": None if speaker_encoder is None else speaker_encoder.name,
+        "sampling": {k: (str(v) if k == "tracking" else v) for k, v in _gen_kwargs(args, loaded).items()},
+        "notes": notes,
+        "stages": {r.stage: asdict(r) for r in results},
+        "table": format_table(results),
+        "by_length_table": format_buckets(results),
+        "worst": {r.stage: worst_sentences(r.per_utterance, args.worst) for r in results},
+    }
+
+
+def _print_summary(report: dict, output_dir: str) -> None:
+    """The tables, the worst model / round-trip sentences, the notes and where the report is."""
+    print("\n" + report["table"])
+    print("\nWER by sentence length (words):\n" + report["by_length_table"])
+    for stage, worst in report["worst"].items():
+        if stage in ("model", "round_trip") and worst:
+            print(f"\nworst {len(worst)} of {stage}:")
+            for u in worst:
+                stop = "  [no stop]" if u["hit_max_length"] else ""
+                print(f"  WER {100 * u['wer']:5.1f}%  {u['text']}\n              heard: {u['transcript']}{stop}")
+    for note in report["notes"]:
+        print(f"note: {note}")
+    print(f"report: {os.path.join(output_dir, 'eval_report.json')}")
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Everything after argument parsing; returns the report (also written to ``OUT/eval_report.json``)."""
+    _check_args(args)
     device = pick_device(args.device)  # an unusable or misspelt device is one line, not a traceback
     os.makedirs(args.output_dir, exist_ok=True)
 
@@ -378,49 +471,18 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     wanted = list(STAGES) if args.ladder else (["ground_truth"] if refs else []) + (["model"] if loaded else [])
     notes: list[str] = []
-    pre = vocoder = None
-    if args.pre_encoder_dir and ({"round_trip", "model"} & set(wanted)):
-        from scripted_preencoder import ScriptedPreEncoder
-
-        pre = ScriptedPreEncoder(args.pre_encoder_dir, device)
-    if args.istftnet_dir and ({"vocoder", "round_trip", "model"} & set(wanted)):
-        from istftnetfe import ISTFTNetFE
-
-        vocoder = ISTFTNetFE.load_ts(args.istftnet_dir, device)
-
-    speaker_encoder, ref_embeddings = None, []
-    if refs and not args.no_speaker_similarity:
-        try:
-            speaker_encoder = SpeakerEncoder(device)
-        except SpeakerEncoderUnavailable as e:
-            raise ConfigError(f"{e}; or pass --no_speaker_similarity") from e
-        # Each recording is embedded once, at the rate its ground-truth clip has, so that stage
-        # compares every clip with exactly itself.
-        ref_embeddings = [speaker_encoder.embed(c.wav, c.sample_rate) for c in ground_truth_clips(refs, audio)]
+    pre, vocoder = _load_codecs(args, wanted, device)
+    speaker_encoder, ref_embeddings = _speaker_references(args, refs, audio, device)
     asr = WhisperASR(args.asr_model, threads=torch.get_num_threads())
     results: list[StageResult] = []
     samples: dict[str, list[Clip]] = {}  # a couple of clips per stage, for W&B
     for stage in wanted:
         print(f"{stage}: ...", file=sys.stderr, flush=True)  # a line per stage as it starts, not only at the end
         t0 = time.perf_counter()
-        if stage == "ground_truth":
-            clips, spent = ground_truth_clips(refs, audio), None
-        elif stage == "griffin_lim":
-            clips, spent = mel_stage_clips(refs, audio, lambda m: griffin_lim(m[0], audio, n_iter=args.gl_iters))
-        elif stage in ("vocoder", "round_trip"):
-            if (stage == "vocoder" and vocoder is None) or (stage == "round_trip" and pre is None):
-                notes.append(f"{stage}: skipped (needs {'--istftnet_dir' if stage == 'vocoder' else '--pre_encoder_dir'})")
-                continue
-            if stage == "round_trip" and vocoder is None:  # the codec alone: its decoded mel through Griffin-Lim
-                notes.append("round_trip: Griffin-Lim (no --istftnet_dir)")
-            voc = vocoder or (lambda m: griffin_lim(m, audio, n_iter=args.gl_iters))  # (1, C, T) -> (1, N)
-            make = (lambda m, v=voc: v(m)[0]) if stage == "vocoder" else (lambda m, v=voc: _round_trip(pre, v, m))
-            clips, spent = mel_stage_clips(refs, audio, make)
-        else:  # model
-            if loaded is None:
-                notes.append("model: skipped (needs --checkpoint)")
-                continue
-            clips, spent = _run_model(args, loaded, pre, vocoder, texts, refs, device)
+        made = _stage_clips(stage, args, refs, texts, audio, loaded, pre, vocoder, device, notes)
+        if made is None:
+            continue
+        clips, spent = made
         if speaker_encoder is not None:
             add_speaker_similarity(clips, speaker_encoder, ref_embeddings)
         result = score_clips(stage, clips, asr, spent, args.output_dir, tuple(args.length_buckets))
@@ -430,34 +492,11 @@ def evaluate(args: argparse.Namespace) -> dict:
         print(f"{stage}: WER {100 * result.wer:.1f}%  CER {100 * result.cer:.1f}%{similarity}  "
               f"({result.utterances} clips, {time.perf_counter() - t0:.1f} s)")
 
-    report = {
-        "checkpoint": None if loaded is None else loaded.path,
-        "checkpoint_step": None if loaded is None else loaded.step,
-        "reference_dir": args.reference_dir,
-        "sentences": args.sentences,
-        "asr": {"model": asr.model_dir, "beam_size": asr.beam_size},
-        "speaker_encoder": None if speaker_encoder is None else speaker_encoder.name,
-        "sampling": {k: (str(v) if k == "tracking" else v) for k, v in _gen_kwargs(args, loaded).items()},
-        "notes": notes,
-        "stages": {r.stage: asdict(r) for r in results},
-        "table": format_table(results),
-        "by_length_table": format_buckets(results),
-        "worst": {r.stage: worst_sentences(r.per_utterance, args.worst) for r in results},
-    }
+    report = _build_report(args, loaded, asr, speaker_encoder, notes, results)
     with open(os.path.join(args.output_dir, "eval_report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
     _log_wandb(args, results, samples, report["checkpoint_step"] or 0)
-    print("\n" + report["table"])
-    print("\nWER by sentence length (words):\n" + report["by_length_table"])
-    for stage, worst in report["worst"].items():
-        if stage in ("model", "round_trip") and worst:
-            print(f"\nworst {len(worst)} of {stage}:")
-            for u in worst:
-                stop = "  [no stop]" if u["hit_max_length"] else ""
-                print(f"  WER {100 * u['wer']:5.1f}%  {u['text']}\n              heard: {u['transcript']}{stop}")
-    for note in notes:
-        print(f"note: {note}")
-    print(f"report: {os.path.join(args.output_dir, 'eval_report.json')}")
+    _print_summary(report, args.output_dir)
     return report
 
 

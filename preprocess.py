@@ -44,7 +44,7 @@ import json
 import os
 import sys
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
@@ -325,6 +325,124 @@ def _record_from_file(path: str, row: Row, split: str, spk_id: int, audio: Audio
             "tokens": tokens, "chars": int(d["text"].numel()), "mel_l1": None}
 
 
+@dataclass
+class _Targets:
+    """What every output of one run is written with: where, split, token ids, speaker ids, fingerprints."""
+
+    output_dir: str
+    val_keys: set[str]
+    tokens: dict[str, list[int]]
+    spk_map: dict[str, int]
+    fingerprints: dict[str, str]
+
+    def split(self, row: Row) -> str:
+        return "val" if row.key in self.val_keys else "train"
+
+
+def _load_front_ends(cfg, config_path: str, pre_encoder_dir: str, bert_model: Optional[str], device: str):
+    """The pre-encoder (checked against the config's audio) and, if asked for, the BERT front end.
+
+    Returns:
+        ``(pre, bert)``; ``bert`` is None without ``bert_model``.
+    """
+    from scripted_preencoder import ScriptedPreEncoder  # a front end: imported only when used
+
+    pre = ScriptedPreEncoder(pre_encoder_dir, device)
+    check_same_audio(cfg.preprocessing.audio, pre.audio, f"--pre_encoder_dir {pre_encoder_dir}")
+    bert = None
+    if bert_model:
+        from bertfe import BERTFrontEnd
+
+        bert = BERTFrontEnd(bert_model, device=device)
+        bert.check_width(cfg.model.emotion_input_size, config_path)  # before hours of work, not after
+    return pre, bert
+
+
+def _sort_existing(good: list[Row], t: _Targets, previous: dict[str, dict], audio: AudioConfig, downsample: int
+                   ) -> tuple[list[dict], list[Row], dict[str, int]]:
+    """Keep finished outputs whose fingerprint matches; delete the stale or unreadable ones.
+
+    Returns:
+        the manifest records of the kept outputs, the rows still to do, and the count of outputs
+        redone because their inputs changed (``changed``) or they could not be read (``unreadable``).
+    """
+    redone = {"changed": 0, "unreadable": 0}
+    records: list[dict] = []
+    todo: list[Row] = []
+    for row in good:
+        done = [os.path.join(t.output_dir, s, row.key + ".pt") for s in ("train", "val")]
+        existing = next((p for p in done if os.path.isfile(p)), None)
+        if existing is not None:
+            stored = _stored_fingerprint(existing)
+            if stored != t.fingerprints[row.key]:  # text, audio or settings changed, or unreadable: redo
+                redone["unreadable" if stored is None else "changed"] += 1
+                for p in done:
+                    if os.path.isfile(p):
+                        os.remove(p)
+                existing = None
+        if existing is None:
+            todo.append(row)
+            continue
+        old_split = os.path.basename(os.path.dirname(existing))
+        if row.key in previous and previous[row.key].get("fingerprint") == t.fingerprints[row.key]:
+            records.append(previous[row.key])
+        else:
+            records.append(_record_from_file(existing, row, old_split, t.spk_map[row.speaker], audio, downsample))
+    return records, todo, redone
+
+
+def _write_batch(ok: list[tuple[Row, dict]], t: _Targets, pre, bert) -> list[dict]:
+    """Encode one batch of loaded clips, save their ``.pt`` files and return their manifest records.
+
+    Args:
+        ok: (row, item) pairs; ``item["mel"]`` is the clip's (T_i, n_mels) log-mel.
+    """
+    codes, mel_l1 = _encode(pre, [it["mel"] for _, it in ok])
+    emotions = bert.encode([r.raw_text for r, _ in ok]).float().cpu() if bert is not None else None
+    records = []
+    for j, (row, item) in enumerate(ok):
+        split = t.split(row)
+        sample = {"text": torch.tensor(t.tokens[row.key], dtype=torch.long), "mel": codes[j],
+                  "speaker": t.spk_map[row.speaker], "fingerprint": t.fingerprints[row.key]}
+        if emotions is not None:
+            sample["emotion"] = emotions[j].clone()  # clone: do not save the batch's storage
+        _save_atomic(sample, os.path.join(t.output_dir, split, row.key + ".pt"))
+        records.append({"key": row.key, "split": split, "speaker": row.speaker,
+                        "speaker_id": t.spk_map[row.speaker], "text": row.text, "wav": row.wav_path,
+                        "seconds": round(item["seconds"], 4), "frames": int(item["mel"].shape[0]),
+                        "tokens": int(codes[j].numel()), "chars": len(t.tokens[row.key]),
+                        "mel_l1": round(mel_l1[j], 5), "fingerprint": t.fingerprints[row.key]})
+    return records
+
+
+def _process_audio(todo: list[Row], t: _Targets, pre, bert, audio: AudioConfig, trim: bool, batch_size: int,
+                   workers: int, progress: bool, manifest_path: str, problems: list[Problem]) -> list[dict]:
+    """Load, encode and write every row in ``todo``, appending each record to the manifest as it lands.
+
+    Clips that cannot be loaded become problems. Returns the new records.
+    """
+    loader = DataLoader(AudioRows(todo, audio, trim), batch_size=batch_size, num_workers=workers,
+                        collate_fn=list, worker_init_fn=_worker_init if workers else None)
+    records: list[dict] = []
+    with open(manifest_path, "a", encoding="utf-8") as manifest, \
+            tqdm(total=len(todo), desc="preprocess", unit="utt", disable=not progress) as bar:
+        for batch in loader:
+            ok = []
+            for item in batch:
+                row = todo[item["index"]]
+                if "error" in item:
+                    problems.append(Problem(row.source, item["kind"], item["error"]))
+                else:
+                    ok.append((row, item))
+            if ok:
+                for rec in _write_batch(ok, t, pre, bert):
+                    manifest.write(json.dumps(rec) + "\n")
+                    records.append(rec)
+                manifest.flush()
+            bar.update(len(batch))
+    return records
+
+
 def preprocess(
     input_dir: str,
     output_dir: str,
@@ -345,23 +463,13 @@ def preprocess(
 
     ``text_frontend`` (chars or phonemes) overrides the config's ``model.text_frontend``;
     ``overrides`` are ``KEY=VALUE`` changes to the model config, as ``train.py --set`` takes them."""
-    from scripted_preencoder import ScriptedPreEncoder  # a front end: imported only when used
-
     cfg = load_config(config_path, overrides)
     audio = cfg.preprocessing.audio
     val_fraction = cfg.preprocessing.val_fraction if val_fraction is None else val_fraction
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"--val_fraction must be in [0, 1), got {val_fraction}")
     trim = cfg.preprocessing.trim_silence if trim is None else trim
-
-    pre = ScriptedPreEncoder(pre_encoder_dir, device)
-    check_same_audio(audio, pre.audio, f"--pre_encoder_dir {pre_encoder_dir}")
-    bert = None
-    if bert_model:
-        from bertfe import BERTFrontEnd
-
-        bert = BERTFrontEnd(bert_model, device=device)
-        bert.check_width(cfg.model.emotion_input_size, config_path)  # before hours of work, not after
+    pre, bert = _load_front_ends(cfg, config_path, pre_encoder_dir, bert_model, device)
 
     layout, rows, problems = discover(input_dir, layout)
     tokenizer = make_tokenizer(text_frontend or cfg.model.text_frontend)
@@ -372,69 +480,15 @@ def preprocess(
     # Text first: a row without speakable text never costs an audio load.
     good, tokens, unknown = screen_texts(rows, tokenizer, problems)
     changed = sum(verbalises(r.text) for r in good)  # sentences whose numbers, symbols ... were read out
-    val_keys = split_keys([r.key for r in good], val_fraction)
     spk_map = speaker_ids(output_dir, [r.speaker for r in good])
-    manifest_path = os.path.join(output_dir, "manifest.jsonl")
-    previous = _load_manifest(manifest_path)
     settings_fp = _settings_fingerprint(audio, trim, pre_encoder_dir, bert_model)
-    fingerprints = {r.key: _fingerprint(settings_fp, r, tokens[r.key], spk_map[r.speaker]) for r in good}
-    redone = {"changed": 0, "unreadable": 0}
-
-    records: list[dict] = []
-    todo: list[Row] = []
-    for row in good:
-        split = "val" if row.key in val_keys else "train"
-        done = [os.path.join(output_dir, s, row.key + ".pt") for s in ("train", "val")]
-        existing = next((p for p in done if os.path.isfile(p)), None)
-        if existing is not None:
-            stored = _stored_fingerprint(existing)
-            if stored != fingerprints[row.key]:  # text, audio or settings changed, or unreadable: redo
-                redone["unreadable" if stored is None else "changed"] += 1
-                for p in done:
-                    if os.path.isfile(p):
-                        os.remove(p)
-                existing = None
-        if existing is None:
-            todo.append(row)
-            continue
-        old_split = os.path.basename(os.path.dirname(existing))
-        if row.key in previous and previous[row.key].get("fingerprint") == fingerprints[row.key]:
-            records.append(previous[row.key])
-        else:
-            records.append(_record_from_file(existing, row, old_split, spk_map[row.speaker], audio, pre.downsample))
+    targets = _Targets(output_dir, split_keys([r.key for r in good], val_fraction), tokens, spk_map,
+                       {r.key: _fingerprint(settings_fp, r, tokens[r.key], spk_map[r.speaker]) for r in good})
+    manifest_path = os.path.join(output_dir, "manifest.jsonl")
+    records, todo, redone = _sort_existing(good, targets, _load_manifest(manifest_path), audio, pre.downsample)
     skipped = len(records)
-
-    loader = DataLoader(AudioRows(todo, audio, trim), batch_size=batch_size, num_workers=workers,
-                        collate_fn=list, worker_init_fn=_worker_init if workers else None)
-    with open(manifest_path, "a", encoding="utf-8") as manifest, \
-            tqdm(total=len(todo), desc="preprocess", unit="utt", disable=not progress) as bar:
-        for batch in loader:
-            ok = []
-            for item in batch:
-                row = todo[item["index"]]
-                if "error" in item:
-                    problems.append(Problem(row.source, item["kind"], item["error"]))
-                else:
-                    ok.append((row, item))
-            if ok:
-                codes, mel_l1 = _encode(pre, [it["mel"] for _, it in ok])
-                emotions = bert.encode([r.raw_text for r, _ in ok]).float().cpu() if bert is not None else None
-                for j, (row, item) in enumerate(ok):
-                    split = "val" if row.key in val_keys else "train"
-                    sample = {"text": torch.tensor(tokens[row.key], dtype=torch.long), "mel": codes[j],
-                              "speaker": spk_map[row.speaker], "fingerprint": fingerprints[row.key]}
-                    if emotions is not None:
-                        sample["emotion"] = emotions[j].clone()  # clone: do not save the batch's storage
-                    _save_atomic(sample, os.path.join(output_dir, split, row.key + ".pt"))
-                    rec = {"key": row.key, "split": split, "speaker": row.speaker,
-                           "speaker_id": spk_map[row.speaker], "text": row.text, "wav": row.wav_path,
-                           "seconds": round(item["seconds"], 4), "frames": int(item["mel"].shape[0]),
-                           "tokens": int(codes[j].numel()), "chars": len(tokens[row.key]),
-                           "mel_l1": round(mel_l1[j], 5), "fingerprint": fingerprints[row.key]}
-                    manifest.write(json.dumps(rec) + "\n")
-                    records.append(rec)
-                manifest.flush()
-            bar.update(len(batch))
+    records += _process_audio(todo, targets, pre, bert, audio, trim, batch_size, workers, progress,
+                              manifest_path, problems)
 
     report = build_report(records, problems, unknown, spk_map, layout, skipped)
     report["redone"] = redone  # outputs whose inputs changed, and unreadable outputs replaced
