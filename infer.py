@@ -276,9 +276,8 @@ def write_utterance(out_dir: str, stem: str, utt, length: int, meta: dict) -> di
     return meta
 
 
-def run(args: argparse.Namespace) -> list[dict]:
-    """Everything after argument parsing; returns the metadata of each sentence."""
-    items = read_items(args)
+def check_run_args(args: argparse.Namespace, items: list[Item]) -> None:
+    """Reject flags that cannot run together, and outputs that would overwrite others, before loading."""
     if args.batch_size < 1:
         raise InferError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.istftnet_dir is not None and args.pre_encoder_dir is None:
@@ -286,6 +285,76 @@ def run(args: argparse.Namespace) -> list[dict]:
     check_stream_args(args)
     if args.text_file is not None and not args.overwrite:
         check_output_clashes(args.output_dir, items)
+
+
+def _generate(synth, args: argparse.Namespace, texts: list[str], spk: Optional[list], sampling: dict,
+              reference: Optional[torch.Tensor], generator: torch.Generator, device: torch.device
+              ) -> tuple[list, Optional[dict], float]:
+    """Synthesise one batch (or stream one sentence), timed with the device synchronised.
+
+    Args:
+        reference: (N,) long reference codec tokens, or None.
+
+    Returns:
+        the utterances, the stream's timings (None unless ``--stream``) and the seconds spent.
+    """
+    gen_kwargs = {k: sampling[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty",
+                                             "gate_threshold", "max_length", "compile")}
+    if reference is not None:
+        gen_kwargs["vq_tokens"] = reference[None].expand(len(texts), -1)
+        gen_kwargs["vq_token_lens"] = torch.full((len(texts),), reference.numel(), device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    if args.stream:
+        utts, streamed = stream_one(synth, texts[0], None if spk is None else spk[0], args.chunk_tokens,
+                                    generator, gen_kwargs)
+    else:
+        utts, streamed = synth.synthesize(texts, spk, generator=generator, **gen_kwargs), None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return utts, streamed, time.perf_counter() - t0
+
+
+def _utterance_meta(index: int, utt, length: int, loaded: LoadedModel, sampling: dict, elapsed: float,
+                    batch_tokens: int, tokens_per_second_of_audio: float) -> dict:
+    """The metadata written next to one sentence's audio: text, checkpoint, sampling, timings."""
+    return {
+        "index": index,
+        "text": utt.text,
+        "normalized_text": utt.normalized_text,
+        "speaker": utt.speaker,
+        "checkpoint": loaded.path,
+        "checkpoint_step": loaded.step,
+        "sampling": sampling,
+        "length": length,
+        "audio_seconds": round(length / tokens_per_second_of_audio, 3),
+        "hit_max_length": bool(utt.hit_max_length),
+        "batch_time_s": round(elapsed, 4),
+        "batch_tokens_per_s": round(batch_tokens / elapsed, 2) if elapsed > 0 else None,
+        "real_time_factor": round(elapsed / max(batch_tokens / tokens_per_second_of_audio, 1e-9), 4),
+        "sample_rate": utt.sample_rate if utt.wav is not None else None,
+        "vocoder": utt.vocoder,
+    }
+
+
+def _print_utterance(item: Item, utt, length: int, meta: dict, streamed: Optional[dict], elapsed: float,
+                     chunk_tokens: int) -> None:
+    """One sentence's lines: tokens and seconds, what the normaliser made of it, stream timings."""
+    flag = "  (hit max_length: no stop)" if meta["hit_max_length"] else ""
+    print(f"{item.stem}: {length} tokens ({meta['audio_seconds']} s){flag}  {utt.text[:60]!r}")
+    print(f"  spoken as: {utt.normalized_text!r}")  # what the normaliser made of it: the model reads this
+    if streamed is not None:
+        first = streamed["first_audio_s"]
+        print(f"  streamed: first audio after {first:.3f} s, {streamed['chunks']} chunk(s) of "
+              f"{chunk_tokens} tokens, whole sentence {elapsed:.3f} s" if first is not None
+              else "  streamed: no audio (the sentence stopped at once)")
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Everything after argument parsing; returns the metadata of each sentence."""
+    items = read_items(args)
+    check_run_args(args, items)
     device = pick_device(args.device)  # no silent CPU run when CUDA was asked for or a GPU is present
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -317,60 +386,21 @@ def run(args: argparse.Namespace) -> list[dict]:
     metas: list[dict] = []
     for start in range(0, len(items), args.batch_size):
         batch = items[start : start + args.batch_size]
-        batch_speakers = speakers[start : start + args.batch_size]
-        gen_kwargs = {k: sampling[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty",
-                                                 "gate_threshold", "max_length", "compile")}
-        if reference is not None:
-            gen_kwargs["vq_tokens"] = reference[None].expand(len(batch), -1)
-            gen_kwargs["vq_token_lens"] = torch.full((len(batch),), reference.numel(), device=device)
-        texts = [it.text for it in batch]
-        spk = None if default_speaker is None else batch_speakers
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        if args.stream:
-            utts, streamed = stream_one(synth, texts[0], None if spk is None else spk[0], args.chunk_tokens,
-                                        generator, gen_kwargs)
-        else:
-            utts, streamed = synth.synthesize(texts, spk, generator=generator, **gen_kwargs), None
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - t0
+        spk = None if default_speaker is None else speakers[start : start + args.batch_size]
+        utts, streamed, elapsed = _generate(synth, args, [it.text for it in batch], spk, sampling, reference,
+                                            generator, device)
         # Codec tokens are < codebook_size; PAD (if the pipeline keeps it) only follows them.
         lengths = [int((torch.as_tensor(u.tokens) < loaded.model.codebook_size).sum()) for u in utts]
         batch_tokens = sum(lengths)
         for i, (item, utt, length) in enumerate(zip(batch, utts, lengths)):
-            index = start + i
-            meta = {
-                "index": index,
-                "text": utt.text,
-                "normalized_text": utt.normalized_text,
-                "speaker": utt.speaker,
-                "checkpoint": loaded.path,
-                "checkpoint_step": loaded.step,
-                "sampling": sampling,
-                "length": length,
-                "audio_seconds": round(length / tokens_per_second_of_audio, 3),
-                "hit_max_length": bool(utt.hit_max_length),
-                "batch_time_s": round(elapsed, 4),
-                "batch_tokens_per_s": round(batch_tokens / elapsed, 2) if elapsed > 0 else None,
-                "real_time_factor": round(elapsed / max(batch_tokens / tokens_per_second_of_audio, 1e-9), 4),
-                "sample_rate": utt.sample_rate if utt.wav is not None else None,
-                "vocoder": utt.vocoder,
-            }
+            meta = _utterance_meta(start + i, utt, length, loaded, sampling, elapsed, batch_tokens,
+                                   tokens_per_second_of_audio)
             if streamed is not None:
                 meta["stream"] = streamed
             if item.line is not None:
                 meta["source"] = {"file": args.text_file, "line": item.line}
             metas.append(write_utterance(args.output_dir, item.stem, utt, length, meta))
-            flag = "  (hit max_length: no stop)" if meta["hit_max_length"] else ""
-            print(f"{item.stem}: {length} tokens ({meta['audio_seconds']} s){flag}  {utt.text[:60]!r}")
-            print(f"  spoken as: {utt.normalized_text!r}")  # what the normaliser made of it: the model reads this
-            if streamed is not None:
-                first = streamed["first_audio_s"]
-                print(f"  streamed: first audio after {first:.3f} s, {streamed['chunks']} chunk(s) of "
-                      f"{args.chunk_tokens} tokens, whole sentence {elapsed:.3f} s" if first is not None
-                      else "  streamed: no audio (the sentence stopped at once)")
+            _print_utterance(item, utt, length, meta, streamed, elapsed, args.chunk_tokens)
         print(f"batch of {len(batch)}: {batch_tokens} tokens in {elapsed:.2f} s = {batch_tokens / elapsed:.1f} tokens/s")
     print(f"wrote {len(metas)} sentence(s) to {args.output_dir}")
     return metas

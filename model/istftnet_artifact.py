@@ -73,6 +73,56 @@ def file_name(device: torch.device) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
+def _resolve_audio(audio: Optional[AudioConfig], sampling_rate: Optional[int]) -> AudioConfig:
+    """The mel settings to record: ``audio``, or the shared defaults at ``sampling_rate`` (with a warning)."""
+    if audio is None:
+        if sampling_rate is None:
+            raise ValueError("export_istftnet: sampling_rate is required when the mel settings are unknown")
+        warnings.warn("export_istftnet: no mel settings given; recording the shared defaults", stacklevel=3)
+        return AudioConfig(sampling_rate=int(sampling_rate))
+    if sampling_rate is not None and int(sampling_rate) != audio.sampling_rate:
+        raise ValueError(
+            f"export_istftnet: sampling_rate {sampling_rate} differs from the vocoder's "
+            f"audio.sampling_rate {audio.sampling_rate}"
+        )
+    return audio
+
+
+def _trace_checked(gen: nn.Module, example: torch.Tensor, dev: torch.device) -> torch.jit.ScriptModule:
+    """Trace ``gen`` on ``dev`` and check the trace's magnitude and phase against the eager output.
+
+    Args:
+        gen: the folded float generator, moved to ``dev`` here.
+        example: (1, n_mels, T) mel on the CPU.
+    """
+    g = gen.to(dev)
+    x = example.to(dev)
+    with torch.no_grad(), quiet_jit():
+        traced = torch.jit.trace(g, (x,), check_trace=False, strict=True)
+        eager_out, traced_out = g(x), traced(x)
+    for what, a, b in zip(("magnitude", "phase"), eager_out, traced_out):
+        err = (a - b).abs().max().item() / (a.abs().max().item() + 1e-8)
+        if err > 1e-4:
+            raise RuntimeError(f"export_istftnet: traced {what} differs from eager on {dev} "
+                               f"(relative error {err:.2e})")
+    return traced
+
+
+def _write_config(out_dir: str, stft: ISTFT, audio: AudioConfig) -> str:
+    """Write ``config.json`` (the iSTFT head's settings and the mel settings); returns its path."""
+    raw = {
+        "gen_istft_n_fft": stft.n_fft,
+        "gen_istft_hop_size": stft.hop_length,
+        "gen_istft_win_size": stft.win_length,
+        "sampling_rate": audio.sampling_rate,
+    }
+    raw.update({key: getattr(audio, field) for key, field in MEL_KEYS.items()})
+    path = os.path.join(out_dir, CONFIG_NAME)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(raw, f, indent=2)
+    return path
+
+
 def export_istftnet(
     generator: nn.Module,
     stft: ISTFT,
@@ -106,16 +156,7 @@ def export_istftnet(
     """
     if isinstance(generator, torch.jit.ScriptModule):
         raise RuntimeError("export_istftnet needs the eager generator, not a loaded TorchScript one")
-    if audio is None:
-        if sampling_rate is None:
-            raise ValueError("export_istftnet: sampling_rate is required when the mel settings are unknown")
-        warnings.warn("export_istftnet: no mel settings given; recording the shared defaults", stacklevel=2)
-        audio = AudioConfig(sampling_rate=int(sampling_rate))
-    elif sampling_rate is not None and int(sampling_rate) != audio.sampling_rate:
-        raise ValueError(
-            f"export_istftnet: sampling_rate {sampling_rate} differs from the vocoder's "
-            f"audio.sampling_rate {audio.sampling_rate}"
-        )
+    audio = _resolve_audio(audio, sampling_rate)
     if devices is None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     out_dir = os.fspath(out_dir)
@@ -129,32 +170,13 @@ def export_istftnet(
     written = []
     for name in devices:
         dev = pick_device(name, what="export_istftnet devices")
-        g = gen.to(dev)
-        x = example.to(dev)
-        with torch.no_grad(), quiet_jit():
-            traced = torch.jit.trace(g, (x,), check_trace=False, strict=True)
-            eager_out, traced_out = g(x), traced(x)
-        for what, a, b in zip(("magnitude", "phase"), eager_out, traced_out):
-            err = (a - b).abs().max().item() / (a.abs().max().item() + 1e-8)
-            if err > 1e-4:
-                raise RuntimeError(f"export_istftnet: traced {what} differs from eager on {dev} "
-                                   f"(relative error {err:.2e})")
+        traced = _trace_checked(gen, example, dev)
         path = os.path.join(out_dir, file_name(dev))
         with quiet_jit():
             torch.jit.save(traced, path)
         written.append(path)
 
-    raw = {
-        "gen_istft_n_fft": stft.n_fft,
-        "gen_istft_hop_size": stft.hop_length,
-        "gen_istft_win_size": stft.win_length,
-        "sampling_rate": audio.sampling_rate,
-    }
-    raw.update({key: getattr(audio, field) for key, field in MEL_KEYS.items()})
-    path = os.path.join(out_dir, CONFIG_NAME)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(raw, f, indent=2)
-    written.append(path)
+    written.append(_write_config(out_dir, stft, audio))
     if cfg is not None:
         path = os.path.join(out_dir, WEIGHTS_NAME)
         save_checkpoint({"format": EXPORT_FORMAT, "format_version": 1, "config": config_to_dict(cfg), "step": step,
