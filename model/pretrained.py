@@ -174,6 +174,61 @@ def _check_special_tokens(model: Echolancer, special: Any, path: str) -> None:
         )
 
 
+def _split_checkpoint(state: Any, path: str) -> tuple[dict[str, Tensor], dict]:
+    """The model's state dict (wrapper prefixes stripped) and the checkpoint's other entries.
+
+    Returns:
+        ``(sd, meta)``; ``meta`` is the whole checkpoint, or ``{}`` for a bare state dict (which
+        carries no config, tokenizer, step, ...).
+    """
+    if _is_state_dict(state):
+        raw_sd: Any = state  # a bare state dict
+    elif "model" in state:
+        raw_sd = state["model"]
+    else:
+        raise CheckpointError(
+            f"{path}: neither a training checkpoint (no 'model' key; keys: {sorted(state)[:8]}) "
+            "nor a raw state dict (parameter names -> tensors)"
+        )
+    if not _is_state_dict(raw_sd):
+        raise CheckpointError(f"{path}: 'model' must map parameter names to tensors")
+    meta = {} if raw_sd is state else state
+    version = meta.get("format_version")
+    if version is not None and version not in SUPPORTED_FORMAT_VERSIONS:
+        raise CheckpointError(
+            f"{path}: format_version {version} is not supported (supported: {SUPPORTED_FORMAT_VERSIONS})"
+        )
+    return _strip_wrapper_prefixes(raw_sd), meta
+
+
+def _model_config(meta: dict, file_cfg: Optional[ModelConfig], path: str,
+                  model_config_path: Optional[str | os.PathLike]) -> tuple[ModelConfig, str]:
+    """The model config (the checkpoint's own, else the YAML's) and where it came from, for messages."""
+    if "model_config" in meta:
+        cfg = config_from_dict(ModelConfig, meta["model_config"], source=f"{path} (model_config)")
+        if file_cfg is not None:
+            _check_same_config(cfg, file_cfg, path, os.fspath(model_config_path))
+        return cfg, "the checkpoint's model_config"
+    if file_cfg is not None:
+        return file_cfg, os.fspath(model_config_path)
+    raise ConfigError(
+        f"{path} is a raw state dict without a model config: pass the model YAML it was trained "
+        "with (--model_config config/model.yaml)"
+    )
+
+
+def _tokenizer(meta: dict, cfg: ModelConfig, path: str) -> CharTokenizer:
+    """The checkpoint's tokenizer (the default one when it has none), checked against the vocab size."""
+    tok_dict = meta.get("tokenizer")
+    tokenizer = CharTokenizer.from_dict(tok_dict) if tok_dict is not None else CharTokenizer()
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} symbols but model.vocab_size is "
+            f"{cfg.model.vocab_size}; the text embedding cannot index them"
+        )
+    return tokenizer
+
+
 def load_echolancer(
     checkpoint_path_or_dir: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -194,56 +249,18 @@ def load_echolancer(
     path = resolve_checkpoint_path(checkpoint_path_or_dir)
     state = load_checkpoint(path, map_location="cpu")
     file_cfg = load_config(model_config_path, schema=ModelConfig) if model_config_path is not None else None
-
-    if _is_state_dict(state):
-        raw_sd: Any = state  # a bare state dict
-    elif "model" in state:
-        raw_sd = state["model"]
-    else:
-        raise CheckpointError(
-            f"{path}: neither a training checkpoint (no 'model' key; keys: {sorted(state)[:8]}) "
-            "nor a raw state dict (parameter names -> tensors)"
-        )
-    if not _is_state_dict(raw_sd):
-        raise CheckpointError(f"{path}: 'model' must map parameter names to tensors")
-    sd = _strip_wrapper_prefixes(raw_sd)
-
-    version = state.get("format_version") if raw_sd is not state else None
-    if version is not None and version not in SUPPORTED_FORMAT_VERSIONS:
-        raise CheckpointError(
-            f"{path}: format_version {version} is not supported (supported: {SUPPORTED_FORMAT_VERSIONS})"
-        )
-
-    if raw_sd is not state and "model_config" in state:
-        cfg = config_from_dict(ModelConfig, state["model_config"], source=f"{path} (model_config)")
-        cfg_source = "the checkpoint's model_config"
-        if file_cfg is not None:
-            _check_same_config(cfg, file_cfg, path, os.fspath(model_config_path))
-    elif file_cfg is not None:
-        cfg, cfg_source = file_cfg, os.fspath(model_config_path)
-    else:
-        raise ConfigError(
-            f"{path} is a raw state dict without a model config: pass the model YAML it was trained "
-            "with (--model_config config/model.yaml)"
-        )
-
+    sd, meta = _split_checkpoint(state, path)
+    cfg, cfg_source = _model_config(meta, file_cfg, path, model_config_path)
     train_cfg = None
-    if raw_sd is not state and state.get("train_config") is not None:
-        train_cfg = config_from_dict(TrainConfig, state["train_config"], source=f"{path} (train_config)")
-
-    tok_dict = state.get("tokenizer") if raw_sd is not state else None
-    tokenizer = CharTokenizer.from_dict(tok_dict) if tok_dict is not None else CharTokenizer()
-    if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(
-            f"{path}: the tokenizer has {tokenizer.vocab_size} symbols but model.vocab_size is "
-            f"{cfg.model.vocab_size}; the text embedding cannot index them"
-        )
+    if meta.get("train_config") is not None:
+        train_cfg = config_from_dict(TrainConfig, meta["train_config"], source=f"{path} (train_config)")
+    tokenizer = _tokenizer(meta, cfg, path)
 
     model = Echolancer.from_config(cfg)
-    _check_special_tokens(model, state.get("special_tokens") if raw_sd is not state else None, path)
+    _check_special_tokens(model, meta.get("special_tokens"), path)
     _check_weights(model, sd, path, cfg_source)
     model.load_state_dict(sd, strict=True)
     model.to(device).eval()
-    configure_generation(model, cfg.generation, state.get("length_stats") if raw_sd is not state else None)
-    step = int(state["step"]) if raw_sd is not state and state.get("step") is not None else None
+    configure_generation(model, cfg.generation, meta.get("length_stats"))
+    step = int(meta["step"]) if meta.get("step") is not None else None
     return LoadedModel(model, tokenizer, cfg, train_cfg, step, path)
