@@ -140,6 +140,71 @@ def resolve_bert(name: Optional[str]) -> Optional[str]:
     return find_packaged_minilm()
 
 
+def _sets(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def _voices(vs: list[str]) -> list[str]:
+    return [a for v in vs for a in ("--voice", v)]
+
+
+def _extra_eval_sets(c: CorpusProfile) -> dict[str, str]:
+    """Name (the file's stem) -> sentence file of each further held-out set."""
+    return {os.path.splitext(os.path.basename(path))[0]: path for path in c.extra_eval_sentences}
+
+
+def _corpus_commands(c: CorpusProfile, work: str) -> list[list[str]]:
+    """make_corpus.py runs: the training corpus, the ladder's references, each further held-out set."""
+    make = [sys.executable, _abs("scripts/make_corpus.py")]
+    corpus_train, corpus_eval = os.path.join(work, "corpus", "train"), os.path.join(work, "corpus", "eval")
+    return [
+        make + ["--sentences", *map(_abs, c.train_sentences), "--output_dir", corpus_train, *_voices(c.voices)]
+        + (["--limit", str(c.train_limit)] if c.train_limit else []),
+        # Held-out sentences in the first voice (speaker 0): the references of the ladder.
+        make + ["--sentences", _abs(c.eval_sentences), "--output_dir", corpus_eval, *_voices(c.voices[:1])]
+        + (["--limit", str(c.eval_limit)] if c.eval_limit else []),
+        *[make + ["--sentences", _abs(path), "--output_dir", os.path.join(work, "corpus", f"eval_{name}"),
+                  *_voices(c.voices[:1])] + (["--limit", str(c.eval_limit)] if c.eval_limit else [])
+          for name, path in _extra_eval_sets(c).items()],
+    ]
+
+
+def _preprocess_command(p: DemoProfile, corpus_train: str, data: str, pre_export: str, bert: Optional[str]
+                        ) -> list[str]:
+    """preprocess.py on the training corpus, with the Echolancer stage's text front end and model overrides."""
+    prep = [sys.executable, _abs("preprocess.py"), "--input_dir", corpus_train, "--output_dir", data,
+            "--pre_encoder_dir", pre_export, "--config", _abs(p.echolancer.model_config),
+            "--val_fraction", str(p.preprocess.val_fraction), "--workers", str(p.preprocess.workers),
+            "--device", p.device, "--no_progress"]
+    prep += ["--bert_model", bert] if bert else []
+    # The model-config overrides of the Echolancer stage hold for the data it trains on (the BERT width).
+    prep += _sets([o for o in p.echolancer.overrides if o.split(".", 1)[0] in MODEL_CONFIG_SECTIONS])
+    front = p.echolancer.text_frontend
+    prep += ["--text_frontend", front] if front else []
+    return prep
+
+
+def _evaluate_commands(p: DemoProfile, work: str, checkpoint: str, pre_export: str, voc_export: str,
+                       bert: Optional[str], wandb_mode: str) -> list[list[str]]:
+    """evaluate.py on the ladder's references, then the model alone on each further held-out set."""
+    e = p.evaluate
+    evaluate = [sys.executable, _abs("evaluate.py"), "--reference_dir", os.path.join(work, "corpus", "eval"),
+                "--checkpoint", checkpoint, "--pre_encoder_dir", pre_export,
+                *(["--istftnet_dir", voc_export] if p.vocoder.enabled else []),
+                "--output_dir", os.path.join(work, "eval"), "--batch_size", str(e.batch_size),
+                "--max_length", str(e.max_length), "--temperature", str(e.temperature), "--top_k", str(e.top_k),
+                "--device", p.device, "--wandb_mode", wandb_mode]
+    evaluate += (["--ladder"] if e.ladder else []) + (["--limit", str(e.limit)] if e.limit else [])
+    evaluate += ["--bert_model", bert] if bert else []
+    evaluations = [evaluate]
+    for name in _extra_eval_sets(p.corpus):
+        ev = list(evaluate)
+        ev[ev.index("--reference_dir") + 1] = os.path.join(work, "corpus", f"eval_{name}")
+        ev[ev.index("--output_dir") + 1] = os.path.join(work, f"eval_{name}")
+        evaluations.append([a for a in ev if a != "--ladder"])
+    return evaluations
+
+
 def plan(p: DemoProfile, work: str, wandb_mode: str) -> list[Step]:
     """The commands of every stage, in order."""
     py = sys.executable
@@ -148,65 +213,28 @@ def plan(p: DemoProfile, work: str, wandb_mode: str) -> list[Step]:
     pre_export, voc_export = os.path.join(pre_dir, "export"), os.path.join(voc_dir, "export")
     data, el_dir = os.path.join(work, "data"), os.path.join(work, "echolancer")
     bert = resolve_bert(p.preprocess.bert_model)
-    c = p.corpus
+    extra = _extra_eval_sets(p.corpus)
 
-    def sets(overrides: list[str]) -> list[str]:
-        return [a for o in overrides for a in ("--set", o)]
-
-    def voices(vs: list[str]) -> list[str]:
-        return [a for v in vs for a in ("--voice", v)]
-
-    make = [py, _abs("scripts/make_corpus.py")]
-    extra = {os.path.splitext(os.path.basename(path))[0]: path for path in c.extra_eval_sentences}
-    corpus = [
-        make + ["--sentences", *map(_abs, c.train_sentences), "--output_dir", corpus_train, *voices(c.voices)]
-        + (["--limit", str(c.train_limit)] if c.train_limit else []),
-        # Held-out sentences in the first voice (speaker 0): the references of the ladder.
-        make + ["--sentences", _abs(c.eval_sentences), "--output_dir", corpus_eval, *voices(c.voices[:1])]
-        + (["--limit", str(c.eval_limit)] if c.eval_limit else []),
-        *[make + ["--sentences", _abs(path), "--output_dir", os.path.join(work, "corpus", f"eval_{name}"),
-                  *voices(c.voices[:1])] + (["--limit", str(c.eval_limit)] if c.eval_limit else [])
-          for name, path in extra.items()],
-    ]
     preencoder = [py, _abs("train_preencoder.py"), "--config", _abs(p.preencoder.config), "--data_dir", corpus_train,
-                  "--output_dir", pre_dir, "--device", p.device, *sets(p.preencoder.overrides)]
+                  "--output_dir", pre_dir, "--device", p.device, *_sets(p.preencoder.overrides)]
     vocoder = [py, _abs("train_vocoder.py"), "--config", _abs(p.vocoder.config), "--data_dir", corpus_train,
-               "--output_dir", voc_dir, "--device", p.device, *sets(p.vocoder.overrides)]
-    prep = [py, _abs("preprocess.py"), "--input_dir", corpus_train, "--output_dir", data, "--pre_encoder_dir",
-            pre_export, "--config", _abs(p.echolancer.model_config), "--val_fraction", str(p.preprocess.val_fraction),
-            "--workers", str(p.preprocess.workers), "--device", p.device, "--no_progress"]
-    prep += ["--bert_model", bert] if bert else []
-    # The model-config overrides of the Echolancer stage hold for the data it trains on (the BERT width).
-    prep += sets([o for o in p.echolancer.overrides if o.split(".", 1)[0] in MODEL_CONFIG_SECTIONS])
+               "--output_dir", voc_dir, "--device", p.device, *_sets(p.vocoder.overrides)]
     front = p.echolancer.text_frontend
-    prep += ["--text_frontend", front] if front else []
     train = [py, _abs("train.py"), "--model_config", _abs(p.echolancer.model_config),
              "--train_config", _abs(p.echolancer.train_config), "--train_data_dir", os.path.join(data, "train"),
              "--val_data_dir", os.path.join(data, "val"), "--output_dir", el_dir, "--device", p.device,
-             *sets(p.echolancer.overrides + ([f"model.text_frontend={front}"] if front else [])
-                   + [f"wandb.mode={wandb_mode}"])]
-    e = p.evaluate
-    evaluate = [py, _abs("evaluate.py"), "--reference_dir", corpus_eval, "--checkpoint",
-                os.path.join(el_dir, "export"), "--pre_encoder_dir", pre_export,
-                *(["--istftnet_dir", voc_export] if p.vocoder.enabled else []),
-                "--output_dir", os.path.join(work, "eval"), "--batch_size", str(e.batch_size),
-                "--max_length", str(e.max_length), "--temperature", str(e.temperature), "--top_k", str(e.top_k),
-                "--device", p.device, "--wandb_mode", wandb_mode]
-    evaluate += (["--ladder"] if e.ladder else []) + (["--limit", str(e.limit)] if e.limit else [])
-    evaluate += ["--bert_model", bert] if bert else []
-    evaluations = [evaluate]
-    for name in extra:  # the model alone on each further held-out set
-        ev = list(evaluate)
-        ev[ev.index("--reference_dir") + 1] = os.path.join(work, "corpus", f"eval_{name}")
-        ev[ev.index("--output_dir") + 1] = os.path.join(work, f"eval_{name}")
-        evaluations.append([a for a in ev if a != "--ladder"])
+             *_sets(p.echolancer.overrides + ([f"model.text_frontend={front}"] if front else [])
+                    + [f"wandb.mode={wandb_mode}"])]
+    evaluations = _evaluate_commands(p, work, os.path.join(el_dir, "export"), pre_export, voc_export, bert,
+                                     wandb_mode)
     return [
         # make_corpus.py and preprocess.py resume by themselves; the trainers start over.
-        Step("corpus", corpus, [corpus_train, os.path.join(corpus_eval, "metadata.csv")]),
+        Step("corpus", _corpus_commands(p.corpus, work), [corpus_train, os.path.join(corpus_eval, "metadata.csv")]),
         Step("preencoder", [preencoder], [os.path.join(pre_export, "model_cpu.pt")], [pre_dir]),
         *([Step("vocoder", [vocoder], [os.path.join(voc_export, "istft_cpu.pt")], [voc_dir])] if p.vocoder.enabled
           else []),
-        Step("preprocess", [prep], [os.path.join(data, "qa_report.json")]),
+        Step("preprocess", [_preprocess_command(p, corpus_train, data, pre_export, bert)],
+             [os.path.join(data, "qa_report.json")]),
         Step("echolancer", [train], [os.path.join(el_dir, "export", "echolancer.pt")], [el_dir]),
         Step("evaluate", evaluations, [os.path.join(work, "eval", "eval_report.json")]
              + [os.path.join(work, f"eval_{name}", "eval_report.json") for name in extra]),
