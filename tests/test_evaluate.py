@@ -9,12 +9,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from evaluate import bucket_label, length_buckets, main, worst_sentences
+from evaluate import main
 from model.echolancer import Echolancer
 from scripts.make_corpus import make_corpus
 from utils.asr import normalize_for_scoring, score_texts
 from utils.char_tokenizer import CharTokenizer
 from utils.config import TrainConfig, config_to_dict, load_config
+from utils.eval_results import bucket_label, length_buckets, worst_sentences
 from utils.logger import find_run_dir, read_offline_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

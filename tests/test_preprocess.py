@@ -10,7 +10,8 @@ import soundfile as sf
 import torch
 
 from data.dataset import EcholancerDataset
-from preprocess import distribution, main, preprocess, split_keys
+from data.qa_report import distribution
+from preprocess import main, preprocess, split_keys
 from scripted_preencoder import ScriptedPreEncoder
 from scripts.make_corpus import make_corpus
 from utils.audio import load_wav, mel_spectrogram
