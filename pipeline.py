@@ -238,15 +238,14 @@ class Synthesizer:
             wav = self.vocoder(mels.transpose(1, 2).to(self.vocoder.device))  # the vocoder speaks (B, C, T)
             return [wav[b, : int(frames[b]) * hop].float().cpu().numpy() for b in range(len(frames))]
         self._note_griffin_lim()
-        out = []
-        for b in range(len(frames)):  # one row at a time: the padding must not leak into the phase
-            n = int(frames[b])
-            if n == 0:
-                out.append(np.zeros(0, dtype=np.float32))
-                continue
-            wav = griffin_lim(mels[b, :n].T.float().cpu(), self.audio, n_iter=self.griffin_lim_iters)
-            out.append(wav.clamp(-1.0, 1.0).numpy())
-        return out
+        # One row at a time: the padding must not leak into the phase.
+        return [self._griffin_lim(mels[b, : int(frames[b])]).numpy() for b in range(len(frames))]
+
+    def _griffin_lim(self, mel: Tensor) -> Tensor:
+        """One row's valid frames (n, C) -> (n * hop,) float32 samples in [-1, 1] (empty for n = 0)."""
+        if mel.shape[0] == 0:
+            return torch.zeros(0)
+        return griffin_lim(mel.T.float().cpu(), self.audio, n_iter=self.griffin_lim_iters).clamp(-1.0, 1.0)
 
     @torch.no_grad()
     def synthesize(self, texts: list[str], speakers: Optional[list[int]] = None, **gen_kwargs: Any) -> list[Utterance]:
@@ -320,11 +319,7 @@ class Synthesizer:
         try:
             if self.vocoder is not None:
                 return self.vocoder(mel.transpose(1, 2).to(self.vocoder.device))[0].float().cpu()
-            frames = n_valid * self.pre_encoder.downsample
-            if frames == 0:
-                return torch.zeros(0)
-            wav = griffin_lim(mel[0, :frames].T.float().cpu(), self.audio, n_iter=self.griffin_lim_iters)
-            return wav.clamp(-1.0, 1.0)
+            return self._griffin_lim(mel[0, : n_valid * self.pre_encoder.downsample])
         except Exception as e:
             raise _wrap("vocoder", e) from e
 
@@ -372,11 +367,9 @@ class Synthesizer:
                                  em.to(dev), **self.model.with_generation_defaults(gen_kwargs))
         except Exception as e:
             raise _wrap("echolancer", e) from e
-        if self.vocoder is not None:
-            chunker = AudioChunker(self.render, reach, self.pre_encoder.downsample * self.audio.hop_length)
-        else:
-            chunker = AudioChunker(self.render, reach, self.pre_encoder.downsample * self.audio.hop_length,
-                                   context=GRIFFIN_LIM_CONTEXT, overlap=GRIFFIN_LIM_OVERLAP)
+        # Griffin-Lim is not local: extra context and a crossfade instead of exact joins.
+        blend = {} if self.vocoder is not None else {"context": GRIFFIN_LIM_CONTEXT, "overlap": GRIFFIN_LIM_OVERLAP}
+        chunker = AudioChunker(self.render, reach, self.pre_encoder.downsample * self.audio.hop_length, **blend)
         head = Utterance(text=text, normalized_text=normalized[0], speaker=None if spk is None else int(spk[0]),
                          tokens=torch.zeros(0, dtype=torch.long), gate=torch.zeros(0), hit_max_length=False,
                          mel=None, wav=None, sample_rate=self.sample_rate, vocoder=self.vocoder_name,

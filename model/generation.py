@@ -71,6 +71,13 @@ class GenerationResult:
     steps: int
     attended: Optional[Tensor] = None
 
+    def clone(self) -> GenerationResult:
+        """A copy with its own tensors: the decode's buffers live in inference mode and are reused,
+        while callers may modify what they get in place."""
+        return GenerationResult(self.tokens.clone(), self.lengths.clone(), self.gate.clone(),
+                                self.hit_max_length.clone(), self.steps,
+                                None if self.attended is None else self.attended.clone())
+
 
 def generate(
     model: Echolancer,
@@ -126,10 +133,7 @@ def generate(
             res = loop.result()
     finally:
         model.train(was_training)
-    # Cloned outside inference mode: plain tensors that callers may modify in place.
-    return GenerationResult(res.tokens.clone(), res.lengths.clone(), res.gate.clone(),
-                            res.hit_max_length.clone(), res.steps,
-                            None if res.attended is None else res.attended.clone())
+    return res.clone()  # outside inference mode: plain tensors
 
 
 def start_decode(

@@ -90,10 +90,7 @@ class TokenStream:
 
     def result(self) -> GenerationResult:
         """The decode's result (as :func:`model.generation.generate` returns it) once it has stopped."""
-        res = self.loop.result()
-        return GenerationResult(res.tokens.clone(), res.lengths.clone(), res.gate.clone(),
-                                res.hit_max_length.clone(), res.steps,
-                                None if res.attended is None else res.attended.clone())
+        return self.loop.result().clone()
 
     def close(self) -> None:
         """Give the model back its train/eval mode (also done when :meth:`chunks` ends)."""
