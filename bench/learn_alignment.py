@@ -43,7 +43,7 @@ from model.alignment import alignment_loss, alignment_prior, prior_weight  # noq
 from model.echolancer import Echolancer  # noqa: E402
 from model.generation import generate  # noqa: E402
 from model.generation_defaults import length_ratio_stats  # noqa: E402
-from model.loss import EcholancerLoss  # noqa: E402
+from model.loss import EcholancerLoss, text_ctc_loss  # noqa: E402
 from model.tracking import TrackingParams, alignment_report, tracking_params  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.config.train import AlignmentConfig  # noqa: E402
@@ -77,6 +77,8 @@ VARIANTS: dict[str, tuple[list[str], bool, bool, bool, bool]] = {
     # the default with a fifth of the teacher-forced audio inputs hidden (model.decoder.token_dropout)
     "token_dropout": (["model.decoder.token_dropout=0.2"], True, False, True, False),
     "token_dropout_forward_sum": (["model.decoder.token_dropout=0.2"], True, False, True, True),
+    # the default with the decoder states read back to the text (model.decoder.text_ctc_weight)
+    "text_ctc": (["model.decoder.text_ctc_weight=1.0"], True, False, True, False),
 }
 
 
@@ -226,6 +228,9 @@ def run_variant(a: RunArgs) -> dict:
         loss = loss_fn(out).total
         if a.align.loss_on:  # the same loss, and normalisation per decoder step, as training
             loss = loss + alignment_loss(out.cross_weights, b["src_lens"], b["mel_lens"] + 1, a.align)
+        if out.text_logits is not None:  # the text-recognition loss, weighted as training weights it
+            loss = loss + model.cfg.decoder.text_ctc_weight * text_ctc_loss(
+                out.text_logits, b["texts"], b["src_lens"], b["mel_lens"] + 1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -56,6 +56,8 @@ class EcholancerOutput:
     stop_targets: (B, T + 1) bool, True where the target is EOS.
     cross_weights: each decoder layer's own cross-attention (B, H, T + 1, S), when asked for
         (``forward(..., return_cross_weights=True)``), else None.
+    text_logits: (B, T + 1, vocab_size + 1) the text-recognition head's logits (blank last), for
+        models with ``decoder.text_ctc_weight`` > 0 (:func:`model.loss.text_ctc_loss`), else None.
     """
 
     logits: Tensor
@@ -65,6 +67,7 @@ class EcholancerOutput:
     src_pad: Tensor
     stop_targets: Tensor
     cross_weights: Optional[list[Tensor]] = None
+    text_logits: Optional[Tensor] = None
 
 
 @dataclass
@@ -236,6 +239,8 @@ class Echolancer(nn.Module):
         self.token_dropout = dec.token_dropout  # teacher forcing only, see hide_tokens
         self.head = nn.Linear(dec.hidden, self.n_vocab)
         self.stop_head = nn.Linear(dec.hidden, 1) if cfg.stop_head else None
+        # Training only: reads the text back from the decoder states (CTC, blank = vocab_size).
+        self.text_ctc_head = nn.Linear(dec.hidden, cfg.vocab_size + 1) if dec.text_ctc_weight > 0 else None
         self.register_buffer("dec_slopes", alibi_slopes(dec.head, cfg.alibi_alpha), persistent=False)
         # Default (min, max) audio tokens per text token for :meth:`infer`; set by training and by
         # ``model.pretrained.load_echolancer`` from the model config's ``generation`` section and the
@@ -461,7 +466,9 @@ class Echolancer(nn.Module):
         weights: Optional[list[Tensor]] = [] if return_cross_weights else None
         h = self.decode(inputs, enc, tgt_pad, cross_bias, cross_weights=weights)
         logits, stop = self.project(h)
-        return EcholancerOutput(logits, stop, targets, tgt_pad, enc.src_pad, targets == self.eos_id, weights)
+        text_logits = self.text_ctc_head(h) if self.text_ctc_head is not None else None
+        return EcholancerOutput(logits, stop, targets, tgt_pad, enc.src_pad, targets == self.eos_id, weights,
+                                text_logits)
 
     # ---- incremental decoding (used by model/generation.py) ----------------------------------
 

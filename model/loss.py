@@ -56,6 +56,7 @@ class LossOutput:
     accuracy: Tensor  # token accuracy over valid targets (EOS included), detached
     n_tokens: Tensor  # valid targets in this batch
     align: Optional[Tensor] = None  # guided alignment loss, added by the trainer when it is on
+    text_ctc: Optional[Tensor] = None  # weighted text-recognition loss, added by the trainer when it is on
 
 
 class EcholancerLoss(nn.Module):
@@ -89,3 +90,24 @@ class EcholancerLoss(nn.Module):
             n = valid.sum()
             acc = correct.sum().float() / n.clamp(min=1)
         return LossOutput(total, ce, stop, acc, n)
+
+
+def text_ctc_loss(text_logits: Tensor, texts: Tensor, src_lens: Tensor, tgt_lens: Tensor,
+                  normalizer: Optional[float | Tensor] = None) -> Tensor:
+    """CTC of the text given the decoder states: −log P(texts | text_logits), blank = last class.
+
+    Args:
+        text_logits: (B, T, V + 1) per decoder step, the text symbols and (last) blank.
+        texts: (B, S) text ids in [0, V), padded anyhow past ``src_lens``.  src_lens: (B,).
+        tgt_lens: (B,) valid decoder steps (codec tokens + EOS).
+        normalizer: divide the summed negative log-likelihood by this (the accumulated batch's
+            valid-step count, as the token loss does) instead of this batch's step count.
+    Returns:
+        scalar float32 ≥ 0, per decoder step. A row with too few steps for its text contributes 0.
+    """
+    blank = text_logits.shape[-1] - 1
+    logp = torch.log_softmax(text_logits.float(), dim=-1).transpose(0, 1)  # (T, B, V + 1)
+    nll = F.ctc_loss(logp, texts.long(), tgt_lens.long(), src_lens.long(), blank=blank, reduction="none",
+                     zero_infinity=True)
+    denom = normalizer if normalizer is not None else tgt_lens.sum().clamp(min=1)
+    return nll.sum() / denom

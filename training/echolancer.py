@@ -42,7 +42,7 @@ from model.alignment import (
 )
 from model.echolancer import Echolancer
 from model.generation_defaults import configure_generation, length_ratio_stats
-from model.loss import EcholancerLoss
+from model.loss import EcholancerLoss, text_ctc_loss
 from model.pretrained import export_echolancer
 from pipeline import PipelineError
 from training.engine import (
@@ -72,7 +72,7 @@ FORMAT_VERSION = 1
 BATCH_KEYS = ("speakers", "texts", "src_lens", "mels", "mel_lens", "em_hidden", "vq_tokens", "vq_token_lens")
 # A step's metrics computed on the device (read to the host once per log line, MetricWindow).
 DEVICE_METRICS = ("train/loss", "train/ce", "train/stop", "train/align_loss", "train/accuracy", "train/grad_norm",
-                  "train/tokens_per_s", "train/skipped")
+                  "train/tokens_per_s", "train/skipped", "train/text_ctc")
 
 
 @dataclass
@@ -399,6 +399,11 @@ class Trainer(Recipe):
         if aligned:
             lo.align = alignment_loss(out.cross_weights, batch["src_lens"], batch["mel_lens"] + 1, ac, normalizer)
             lo.total = lo.total + lo.align
+        if training and out.text_logits is not None:
+            weight = self.mcfg.model.decoder.text_ctc_weight
+            lo.text_ctc = weight * text_ctc_loss(out.text_logits, batch["texts"], batch["src_lens"],
+                                                 batch["mel_lens"] + 1, normalizer)
+            lo.total = lo.total + lo.text_ctc
         return lo
 
     def train_step(self, micro: list[dict]) -> Optional[StepMetrics]:
@@ -441,15 +446,15 @@ class Trainer(Recipe):
         # float64, so the window's device sums equal the host sums of the per-step floats bit for bit.
         t64, n64 = totals.double(), n_global.double()
         values = torch.stack([t64[0], t64[1], t64[2], t64[3], t64[4] / n64.clamp_min(1.0), grad_norm.detach().double(),
-                              n64 / max(dt, 1e-9), skipped.double()])
+                              n64 / max(dt, 1e-9), skipped.double(), t64[5]])
         return StepMetrics(DEVICE_METRICS, values, {"train/lr": lr, "train/align_prior_weight": prior_w})
 
     def _accumulate(self, batches: list[dict], n_global: torch.Tensor) -> Optional[torch.Tensor]:
         """Forward and backward of every micro-batch; returns the summed (loss, ce, stop, align,
-        correct tokens), or None when a stop request came between micro-batches (gradients dropped)."""
+        correct tokens, text CTC), or None when a stop request came between micro-batches (gradients dropped)."""
         # DDP averages gradients over ranks; multiply back so the step is sum / n_global overall.
         scale = float(self.dist.world_size)
-        totals = torch.zeros(5, device=self.device)
+        totals = torch.zeros(6, device=self.device)
         zero = torch.zeros((), device=self.device)
         for i, b in enumerate(batches):
             last = i == len(batches) - 1
@@ -463,6 +468,7 @@ class Trainer(Recipe):
                 (lo.stop.detach().float() if lo.stop is not None else zero),
                 (lo.align.detach().float() if lo.align is not None else zero),
                 lo.accuracy.detach().float() * lo.n_tokens,
+                (lo.text_ctc.detach().float() if lo.text_ctc is not None else zero),
             ])
             if self.stop_requested and not last and not self.dist.enabled:
                 self.optimizer.zero_grad(set_to_none=True)

@@ -152,3 +152,30 @@ def test_max_minutes_stops_training_as_if_finished_and_exports(data, tmp_path, m
     t = run(data, out, "training.max_minutes=1.0", "training.check_step=2", "training.max_steps=50")
     assert t.step == 2
     assert os.path.isfile(out / "export" / "echolancer.pt")
+
+
+def test_text_recognition_loss_is_logged_added_to_the_training_loss_and_kept_out_of_validation(data, tmp_path,
+                                                                                                monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    rows = {}
+    for weight in (0.0, 2.0):
+        out = tmp_path / f"w{weight}"
+        run(data, out, "alignment.guided_weight=0", f"model.decoder.text_ctc_weight={weight}")
+        rows[weight] = [r for r in read_offline_history(find_run_dir(str(out)))]
+    train0 = [r for r in rows[0.0] if "train/loss" in r]
+    train2 = [r for r in rows[2.0] if "train/loss" in r]
+    assert all(r["train/text_ctc"] == 0.0 and r["train/loss"] == pytest.approx(r["train/ce"]) for r in train0)
+    for r in train2:
+        # Twice the per-step CTC of an untrained head over ~vocab_size classes: well above zero.
+        assert r["train/text_ctc"] > 0.1
+        assert r["train/loss"] == pytest.approx(r["train/ce"] + r["train/text_ctc"], rel=1e-5)
+
+
+
+def test_validation_ignores_the_text_recognition_head(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    with_head = run(data, tmp_path / "a", "training.max_steps=1", "model.decoder.text_ctc_weight=1.0")
+    plain = run(data, tmp_path / "b", "training.max_steps=1")
+    state = {k: v for k, v in with_head.model.state_dict().items() if not k.startswith("text_ctc_head.")}
+    plain.model.load_state_dict(state)
+    assert with_head.validate().metrics == plain.validate().metrics

@@ -52,10 +52,16 @@ class DecoderConfig(EncoderConfig):
     # while barely reading the text; hiding some of its audio context makes the text the reliable cue
     # (the role the always-on pre-net dropout plays in Tacotron). 0 = off.
     token_dropout: float = 0.0
+    # Weight of a training-only text-recognition loss: a linear head reads the text back from the
+    # decoder's states with CTC (each state names the symbol it is speaking, or blank). The token
+    # loss is mostly won inside a sound, from the previous tokens; this one is won only by carrying
+    # the attended symbol's identity into the state that predicts the next token. 0 = no head.
+    text_ctc_weight: float = 0.0
 
     def check(self) -> None:
         super().check()
         require(0.0 <= self.token_dropout < 1.0, f"decoder.token_dropout must be in [0, 1), got {self.token_dropout}")
+        require(self.text_ctc_weight >= 0.0, f"decoder.text_ctc_weight must be >= 0, got {self.text_ctc_weight}")
 
 
 @dataclass
