@@ -341,7 +341,8 @@ def _build_report(args: argparse.Namespace, loaded, asr: WhisperASR, speaker_enc
         "sentences": args.sentences,
         "asr": {"model": asr.model_dir, "beam_size": asr.beam_size},
         "speaker_encoder": None if speaker_encoder is None else speaker_encoder.name,
-        "sampling": {k: (str(v) if k == "tracking" else v) for k, v in _gen_kwargs(args, loaded).items()},
+        "sampling": {**{k: (str(v) if k == "tracking" else v) for k, v in _gen_kwargs(args, loaded).items()},
+                     "decode": args.decode},
         "notes": notes,
         "stages": {r.stage: asdict(r) for r in results},
         "table": format_table(results),
@@ -452,7 +453,10 @@ def _run_model(args, loaded, pre, vocoder, texts: list[str], refs: list[Referenc
     else:
         cps = args.chars_per_second
         expected = [len(loaded.tokenizer.normalize_text(t)) / cps for t in texts]
-    return model_clips(synth, texts, args.speakers, expected, args.batch_size, _gen_kwargs(args, loaded), args.seed,
+    kw = _gen_kwargs(args, loaded)
+    if args.decode == "expected":  # the codec's FSQ grid: the pre-encoder's own levels
+        kw["code_levels"] = tuple(synth.pre_encoder.fsq_levels)
+    return model_clips(synth, texts, args.speakers, expected, args.batch_size, kw, args.seed,
                        with_references=bool(refs))
 
 
@@ -503,6 +507,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "generation.attention_window; -1 -1 = none)")
     p.add_argument("--tracking", choices=["model", "on", "off"], default="model",
                    help="alignment-tracked decoding: the model config's generation.tracking (model), or force it")
+    p.add_argument("--decode", choices=["sample", "expected"], default="sample",
+                   help="each codec token drawn from the model's distribution (sample), or the FSQ code "
+                        "nearest its mean (expected; needs the pre-encoder)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--length_buckets", type=int, nargs="+", default=list(DEFAULT_LENGTH_EDGES), metavar="WORDS",
                    help="upper edges of the sentence-length buckets, in words (default: %(default)s)")

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from model.decode_cache import StepFn, decoders_for
-from model.sampling import SamplingParams, apply_repetition_penalty, choose_tokens
+from model.sampling import CodeGrid, SamplingParams, apply_repetition_penalty, choose_tokens
 from model.tracking import AlignSpec, AlignState, mean_attention, steer
 
 if TYPE_CHECKING:  # imported for annotations only: model.echolancer imports this module lazily
@@ -159,7 +159,7 @@ def start_decode(
     streaming decode in ``model/streaming.py`` enters inference mode around each step).
     """
     p = _sampling_params(params, sampling)
-    p.check_vocab(model.n_vocab)
+    p.check_vocab(model.n_vocab, model.codebook_size)
     _check_generator(generator, texts.device)
     enc = model.encode(speakers, texts, src_lens, em_hidden, vq_tokens, vq_token_lens)
     step, tracker = _start_decoder(model, enc, src_lens, p, use_cache, compile)
@@ -310,6 +310,7 @@ class DecodeLoop:
         self.prev = torch.full((B, 1), model.bos_id, dtype=torch.long, device=device)
         self.all_done = _DonePoll(device, deferred=_defer_done_poll(device))
         self.attended = torch.zeros(B, T_max, dtype=torch.long, device=device) if tracker is not None else None
+        self.grid = CodeGrid(p.code_levels, device) if p.code_levels is not None else None
         self.t = 0  # steps run so far
         self.over = False  # the "all done" check said so
 
@@ -336,6 +337,8 @@ class DecodeLoop:
         if self.seen is not None:
             scores = apply_repetition_penalty(scores, self.seen, p.repetition_penalty)
         chosen = choose_tokens(scores, p.temperature, p.top_k, p.top_p, self.generator)
+        if self.grid is not None:  # whether to stop is still drawn; what to say is the expected code
+            chosen = torch.where(chosen == eos, chosen, self.grid.expected(scores, p.temperature, p.top_k, p.top_p))
 
         stop_now = chosen == eos
         if stop_logits is not None:

@@ -11,6 +11,7 @@ below turn one step's logits into token ids.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Optional
@@ -49,6 +50,12 @@ class SamplingParams:
         tracking: alignment-tracked decoding (``model/tracking.py``), or None. Not together with
             ``attention_window``.
         record_alignment: record each step's attended position even without window or tracking.
+        code_levels: the FSQ levels of the codec the model's tokens come from (e.g. ``(8, 5, 5,
+            5)``), for expected-code decoding: a step that does not stop emits the code nearest the
+            expected code (per FSQ dimension, the mean digit) under the step's filtered,
+            temperature-scaled distribution over codec tokens, instead of a random draw. Neighbouring
+            FSQ codes decode to similar frames, so the mean of a broad but well-centred
+            distribution is a better guess than a sample from it. None = plain sampling.
     """
 
     max_length: int = 1000
@@ -63,6 +70,7 @@ class SamplingParams:
     attention_window: Optional[tuple[int, int]] = None
     tracking: Optional[TrackingParams] = None
     record_alignment: bool = False
+    code_levels: Optional[tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
         self._check_lengths()
@@ -71,6 +79,7 @@ class SamplingParams:
         # object.__setattr__.
         object.__setattr__(self, "attention_window", _check_window(self.attention_window))
         object.__setattr__(self, "record_alignment", bool(self.record_alignment))
+        object.__setattr__(self, "code_levels", _check_levels(self.code_levels))
         if self.tracking is not None:
             self.tracking.check()
         _ = self.align  # AlignSpec refuses a window together with tracking, naming both
@@ -99,10 +108,15 @@ class SamplingParams:
             raise ValueError(f"generate: max_tokens_per_text_token={hi!r} is not allowed; it must be > 0, "
                              f"> the minimum ({lo}), or None")
 
-    def check_vocab(self, n_vocab: int) -> None:
-        """``top_k`` against the model's vocabulary (the one check that needs the model)."""
+    def check_vocab(self, n_vocab: int, codebook_size: Optional[int] = None) -> None:
+        """``top_k`` against the model's vocabulary and ``code_levels`` against its codebook (the
+        checks that need the model)."""
         if self.top_k > n_vocab:
             raise _bad("top_k", self.top_k, f"in [0, {n_vocab}] (0 = off)")
+        if self.code_levels is not None and codebook_size is not None:
+            if math.prod(self.code_levels) != codebook_size:
+                raise _bad("code_levels", self.code_levels,
+                           f"FSQ levels whose product is the model's codebook_size ({codebook_size})")
 
     @classmethod
     def names(cls) -> frozenset[str]:
@@ -131,6 +145,16 @@ class SamplingParams:
             row_max = torch.minimum(row_max, torch.ceil(hi * src_lens.float()).long().clamp(min=1))
             row_min = torch.minimum(row_min, row_max)
         return row_min, row_max
+
+
+def _check_levels(levels: Optional[Sequence[int]]) -> Optional[tuple[int, ...]]:
+    if levels is None:
+        return None
+    ok = (not isinstance(levels, (str, bytes)) and len(levels) > 0
+          and all(isinstance(v, int) and not isinstance(v, bool) and v >= 2 for v in levels))
+    if not ok:
+        raise _bad("code_levels", levels, "None or the codec's FSQ levels, integers >= 2 (e.g. (8, 5, 5, 5))")
+    return tuple(int(v) for v in levels)
 
 
 def _check_window(window: Optional[Sequence[int]]) -> Optional[tuple[int, int]]:
@@ -202,3 +226,36 @@ def choose_tokens(
     probs = logits.softmax(dim=-1)
     race = torch.empty_like(probs).exponential_(1.0, generator=generator)
     return (probs / race).argmax(dim=-1)
+
+
+class CodeGrid:
+    """The FSQ grid behind the codec tokens: token id <-> per-dimension digits.
+
+    ``id = sum(digit_d * basis_d)`` with ``basis = cumprod([1] + levels[:-1])``, the pre-encoder's
+    own numbering (``model.preencoder.FSQ``).
+
+    Args:
+        levels: FSQ levels per dimension.  device: where the tables live.
+    """
+
+    def __init__(self, levels: Sequence[int], device: torch.device) -> None:
+        lv = torch.tensor(list(levels), dtype=torch.long, device=device)
+        self.size = math.prod(levels)
+        self.basis = torch.cumprod(torch.cat([lv.new_ones(1), lv[:-1]]), 0)  # (D,)
+        self.top = (lv - 1).float()  # (D,) the largest digit
+        ids = torch.arange(self.size, device=device)
+        self.digits = (torch.div(ids[:, None], self.basis, rounding_mode="floor") % lv).float()  # (K, D)
+
+    def expected(self, scores: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
+        """(B, V) processed logits (codec tokens first) -> (B,) the code nearest the expected code.
+
+        The distribution is the one :func:`choose_tokens` samples from, restricted to codec tokens
+        (greedy, ``temperature == 0``, is its argmax).
+        """
+        codes = scores[:, : self.size]
+        if temperature == 0.0:
+            return codes.argmax(dim=-1)
+        probs = filter_top_k_top_p(codes / temperature, top_k, top_p).softmax(dim=-1)  # (B, K)
+        mean = probs @ self.digits  # (B, D) the expected digit per dimension
+        digits = torch.minimum(torch.round(mean).clamp(min=0.0), self.top).long()
+        return (digits * self.basis).sum(-1)
