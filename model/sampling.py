@@ -108,14 +108,13 @@ class SamplingParams:
             raise ValueError(f"generate: max_tokens_per_text_token={hi!r} is not allowed; it must be > 0, "
                              f"> the minimum ({lo}), or None")
 
-    def check_vocab(self, n_vocab: int, codebook_size: Optional[int] = None) -> None:
+    def check_vocab(self, n_vocab: int, codebook_size: int) -> None:
         """``top_k`` against the model's vocabulary and ``code_levels`` against its codebook (the
         checks that need the model)."""
         if self.top_k > n_vocab:
             raise _bad("top_k", self.top_k, f"in [0, {n_vocab}] (0 = off)")
-        if self.code_levels is not None and codebook_size is not None:
-            if math.prod(self.code_levels) != codebook_size:
-                raise _bad("code_levels", self.code_levels,
+        if self.code_levels is not None and math.prod(self.code_levels) != codebook_size:
+            raise _bad("code_levels", self.code_levels,
                            f"FSQ levels whose product is the model's codebook_size ({codebook_size})")
 
     @classmethod
@@ -229,22 +228,20 @@ def choose_tokens(
 
 
 class CodeGrid:
-    """The FSQ grid behind the codec tokens: token id <-> per-dimension digits.
-
-    ``id = sum(digit_d * basis_d)`` with ``basis = cumprod([1] + levels[:-1])``, the pre-encoder's
-    own numbering (``model.preencoder.FSQ``).
+    """The FSQ grid behind the codec tokens, numbered as the pre-encoder numbers it
+    (``model.preencoder.FSQ``: its ``indices_to_codes`` and ``codes_to_indices``).
 
     Args:
         levels: FSQ levels per dimension.  device: where the tables live.
     """
 
     def __init__(self, levels: Sequence[int], device: torch.device) -> None:
-        lv = torch.tensor(list(levels), dtype=torch.long, device=device)
-        self.size = math.prod(levels)
-        self.basis = torch.cumprod(torch.cat([lv.new_ones(1), lv[:-1]]), 0)  # (D,)
-        self.top = (lv - 1).float()  # (D,) the largest digit
-        ids = torch.arange(self.size, device=device)
-        self.digits = (torch.div(ids[:, None], self.basis, rounding_mode="floor") % lv).float()  # (K, D)
+        from model.preencoder import FSQ  # the codec's own numbering, not a copy of it
+
+        self.fsq = FSQ(list(levels)).to(device)
+        self.size = self.fsq.codebook_size
+        self.codes = self.fsq.indices_to_codes(torch.arange(self.size, device=device))  # (K, D) integer-valued
+        self.low, self.high = self.codes.amin(0), self.codes.amax(0)  # (D,) each dimension's range
 
     def expected(self, scores: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
         """(B, V) processed logits (codec tokens first) -> (B,) the code nearest the expected code.
@@ -256,6 +253,5 @@ class CodeGrid:
         if temperature == 0.0:
             return codes.argmax(dim=-1)
         probs = filter_top_k_top_p(codes / temperature, top_k, top_p).softmax(dim=-1)  # (B, K)
-        mean = probs @ self.digits  # (B, D) the expected digit per dimension
-        digits = torch.minimum(torch.round(mean).clamp(min=0.0), self.top).long()
-        return (digits * self.basis).sum(-1)
+        mean = probs @ self.codes  # (B, D) the expected code, per dimension
+        return self.fsq.codes_to_indices(torch.minimum(torch.maximum(mean, self.low), self.high))

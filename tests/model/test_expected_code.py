@@ -20,13 +20,16 @@ TINY = ["model.encoder.hidden=32", "model.decoder.hidden=32", "model.encoder.lay
 def test_the_grid_numbers_codes_as_the_pre_encoders_fsq_does():
     grid, fsq = CodeGrid(LEVELS, torch.device("cpu")), FSQ(list(LEVELS))
     ids = torch.arange(1000)
-    assert torch.equal(grid.digits, fsq.indices_to_codes(ids) + fsq.half_width.float())
-    assert torch.equal((grid.digits.long() * grid.basis).sum(-1), ids)
+    # id = sum(digit_d * basis_d), basis = cumprod([1] + levels[:-1]), digits from 0
+    basis = torch.tensor([1, 8, 40, 200])
+    digits = (grid.codes + fsq.half_width.float()).long()
+    assert torch.equal((digits * basis).sum(-1), ids)
+    assert torch.equal(fsq.codes_to_indices(grid.codes), ids)
 
 
 def test_the_chosen_code_is_the_one_nearest_the_mean_digit_per_dimension():
     grid = CodeGrid(LEVELS, torch.device("cpu"))
-    code = lambda d: int(sum(x * b for x, b in zip(d, grid.basis.tolist())))  # noqa: E731
+    code = lambda d: int(sum(x * b for x, b in zip(d, (1, 8, 40, 200))))  # noqa: E731
     scores = torch.full((3, 1003), -1.0e4)
     scores[0, code((5, 1, 2, 3))] = 0.0  # one code: that code
     scores[1, code((2, 1, 1, 1))] = 0.0  # two codes, evenly: the digit between them
