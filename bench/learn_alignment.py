@@ -27,6 +27,7 @@ when comparing runs from different machines. Nothing in the model knows about th
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import multiprocessing as mp
 import os
@@ -79,6 +80,10 @@ VARIANTS: dict[str, tuple[list[str], bool, bool, bool, bool]] = {
     "token_dropout_forward_sum": (["model.decoder.token_dropout=0.2"], True, False, True, True),
     # the default with the decoder states read back to the text (model.decoder.text_ctc_weight)
     "text_ctc": (["model.decoder.text_ctc_weight=1.0"], True, False, True, False),
+    # the default with codec tokens sharing vectors by grid digit (model.code_levels). The task's
+    # tokens fill the first ids of a 4x4x4x4 grid, so here the digits carry no meaning: this checks
+    # that the sharing does not get in the way when it has nothing to offer.
+    "code_factors": (["model.code_levels=[4,4,4,4]"], True, False, True, False),
 }
 
 
@@ -199,8 +204,11 @@ def run_variant(a: RunArgs) -> dict:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     task = Task(a.seed)
-    cfg = load_config(a.config, a.overrides + [f"model.codebook_size={task.codebook_size}",
-                                               f"model.vq_vocab_size={task.codebook_size}"])
+    levels = [json.loads(o.split("=", 1)[1]) for o in a.overrides if o.startswith("model.code_levels=")]
+    size = math.prod(levels[-1]) if levels else task.codebook_size  # a grid holds the task's tokens
+    if size < task.codebook_size:
+        raise SystemExit(f"model.code_levels {levels[-1]} hold {size} codes; the task needs {task.codebook_size}")
+    cfg = load_config(a.config, a.overrides + [f"model.codebook_size={size}", f"model.vq_vocab_size={size}"])
     model = Echolancer.from_config(cfg)
     if a.legacy_symmetric:  # the mirror-blind encoder of earlier versions, kept only as a baseline
         model.encoder.position = "symmetric"

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from model.layers import (
+    CodeFactors,
     DecoderLayer,
     EncoderLayer,
     KVCache,
@@ -238,6 +239,8 @@ class Echolancer(nn.Module):
         self.dec_norm = nn.LayerNorm(dec.hidden)
         self.token_dropout = dec.token_dropout  # teacher forcing only, see hide_tokens
         self.head = nn.Linear(dec.hidden, self.n_vocab)
+        # Codec tokens on one FSQ digit share part of their embedding and head vectors (or None).
+        self.code_factors = CodeFactors(cfg.code_levels, dec.hidden) if cfg.code_levels else None
         self.stop_head = nn.Linear(dec.hidden, 1) if cfg.stop_head else None
         # Training only: reads the text back from the decoder states (CTC, blank = vocab_size).
         self.text_ctc_head = nn.Linear(dec.hidden, cfg.vocab_size + 1) if dec.text_ctc_weight > 0 else None
@@ -401,7 +404,7 @@ class Echolancer(nn.Module):
             (B, T, Dd) final hidden states.
         """
         B, T = inputs.shape
-        x = self.audio_embed(inputs) + self.dec_cond(enc.cond)[:, None, :]
+        x = self.embed_audio(inputs) + self.dec_cond(enc.cond)[:, None, :]
         if not self.use_alibi:
             x = x + sinusoidal_positions(torch.arange(T, device=x.device), x.shape[-1]).to(x.dtype)
         if self.attention_backend == "flex" and cross_weights is None and steer is None:
@@ -429,10 +432,15 @@ class Echolancer(nn.Module):
                       cross_weights=cross_weights, weights_mask=own_mask)
         return self.dec_norm(x)
 
+    def embed_audio(self, ids: Tensor) -> Tensor:
+        """Decoder input ids (B, T) -> (B, T, Dd) token vectors."""
+        return self.audio_embed(ids) if self.code_factors is None else self.code_factors.embed(self.audio_embed, ids)
+
     def project(self, h: Tensor) -> tuple[Tensor, Optional[Tensor]]:
         """Hidden states (..., Dd) -> token logits (..., n_vocab) and stop logits (...) or None."""
         stop = self.stop_head(h).squeeze(-1) if self.stop_head is not None else None
-        return self.head(h), stop
+        logits = self.head(h) if self.code_factors is None else self.code_factors.project(self.head, h)
+        return logits, stop
 
     def forward(
         self,
@@ -505,7 +513,7 @@ class Echolancer(nn.Module):
         Returns:
             logits (B, n_vocab) for the next token, stop logits (B,) or None.
         """
-        x = self.audio_embed(tokens) + state.cond
+        x = self.embed_audio(tokens) + state.cond
         if not self.use_alibi:
             x = x + sinusoidal_positions(input_pos, x.shape[-1]).to(x.dtype)
         k_pos = torch.arange(state.max_len, device=tokens.device)

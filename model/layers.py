@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.preencoder import FSQ  # the codec's token numbering (CodeFactors)
+
 # --------------------------------------------------------------------------------------------
 # Helpers: positions, ALiBi, masks
 # --------------------------------------------------------------------------------------------
@@ -306,6 +308,49 @@ class NormalizedEmbedding(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:  # (B, T) long -> (B, T, D)
         return self.norm(self.embedding(ids))
+
+
+class CodeFactors(nn.Module):
+    """Vectors shared by the codec tokens that lie on the same FSQ digit.
+
+    An FSQ codec token is a point of a grid: one digit per latent dimension (``levels``, numbered
+    as ``model.preencoder.FSQ`` numbers them). A plain embedding or output head gives each of the
+    ``prod(levels)`` tokens its own vector, so what is learnt for one token says nothing about its
+    neighbours on the grid, and a rarely seen token stays untrained. Here each token's vector is its
+    own plus one vector per digit it has (``sum(levels)`` of them in all), so every step that trains
+    a token also trains every token that shares a digit with it. The free vectors stay, so nothing
+    the plain layer could represent is lost. Rows past the codebook (BOS, EOS, pad) are unchanged.
+
+    Args:
+        levels: FSQ levels per dimension, e.g. ``[8, 5, 5, 5]``.  dim: vector width D.
+    """
+
+    def __init__(self, levels: list[int], dim: int) -> None:
+        super().__init__()
+        fsq = FSQ(list(levels))
+        codes = fsq.indices_to_codes(torch.arange(fsq.codebook_size))  # (C, n_dims) integer-valued
+        digits = codes.long() + fsq.half_width  # (C, n_dims) in [0, L_d)
+        starts = torch.cumsum(torch.tensor([0] + list(levels[:-1])), 0)  # each dimension's first row
+        onehot = torch.zeros(fsq.codebook_size, sum(levels))
+        onehot.scatter_(1, digits + starts, 1.0)  # (C, sum L): one 1 per dimension
+        self.register_buffer("onehot", onehot, persistent=False)  # follows from levels
+        self.codebook_size = fsq.codebook_size
+        self.inputs = nn.Parameter(torch.randn(sum(levels), dim) * 0.02)  # audio embedding digits
+        self.outputs = nn.Parameter(torch.randn(sum(levels), dim) * 0.02)  # output head digits
+
+    def _expand(self, weight: Tensor, digit_vectors: Tensor) -> Tensor:
+        """(V, D) a plain table, V >= C -> (V, D) the same with the digit vectors added to its first C rows."""
+        C = self.codebook_size
+        shared = self.onehot.to(digit_vectors.dtype) @ digit_vectors  # (C, D)
+        return torch.cat([weight[:C] + shared.to(weight.dtype), weight[C:]], dim=0)
+
+    def embed(self, emb: NormalizedEmbedding, ids: Tensor) -> Tensor:
+        """``emb(ids)`` with the digit vectors in its table: (B, T) long -> (B, T, D)."""
+        return emb.norm(F.embedding(ids, self._expand(emb.embedding.weight, self.inputs)))
+
+    def project(self, head: nn.Linear, h: Tensor) -> Tensor:
+        """``head(h)`` with the digit vectors in its weight: (..., D) -> (..., V)."""
+        return F.linear(h, self._expand(head.weight, self.outputs), head.bias)
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ FREE_KEYS = (("attention_backend",), ("encoder", "dropout"), ("decoder", "dropou
 # emotion encoder are not in any part.
 FREEZE_PARTS: dict[str, tuple[str, ...]] = {
     "encoder": ("encoder",),
-    "decoder": ("audio_embed", "dec_layers", "dec_norm", "head", "stop_head"),
+    "decoder": ("audio_embed", "code_factors", "dec_layers", "dec_norm", "head", "stop_head"),
     "text_embedding": ("text_embed",),
     "speaker_embedding": ("speaker_embed",),
 }

@@ -17,6 +17,7 @@ from torch import nn
 from model.decode_cache import decoders_for
 from model.echolancer import Echolancer
 from model.generation import generate
+from model.layers import CodeFactors
 from model.sampling import apply_repetition_penalty, filter_top_k_top_p
 from utils.config import load_config
 
@@ -35,6 +36,9 @@ def make_model(*overrides: str, gain: float = 1.0, seed: int = 0) -> Echolancer:
                 mod.bias.normal_(0, 0.1, generator=g)
             elif isinstance(mod, nn.Embedding):
                 mod.weight.normal_(0, 1.0, generator=g)
+            elif isinstance(mod, CodeFactors):
+                mod.inputs.normal_(0, 1.0, generator=g)
+                mod.outputs.normal_(0, gain / math.sqrt(mod.outputs.shape[1]), generator=g)
         if model.stop_head is not None:
             model.stop_head.bias.fill_(-5.0)  # a random stop head would stop at once half the time
     return model.eval()
@@ -59,8 +63,9 @@ def assert_varied(tokens: torch.Tensor) -> None:
         [],  # ALiBi, GQA (2 query heads share 1 KV head)
         ["model.use_alibi=false", "model.decoder_kv_heads=2"],  # sinusoidal positions, plain MHA
         ["model.stop_head=true"],
+        ["model.code_levels=[8,5,5,5]"],  # codec tokens share vectors by FSQ digit
     ],
-    ids=["alibi-gqa", "sinusoidal-mha", "stop-head"],
+    ids=["alibi-gqa", "sinusoidal-mha", "stop-head", "code-factors"],
 )
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])  # the uncached reference runs the full decoder
 def test_greedy_cached_equals_uncached(overrides, backend):

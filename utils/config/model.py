@@ -8,6 +8,7 @@ the same object as ``cfg.audio``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -82,6 +83,10 @@ class ModelSection:
     vocab_size: int = 100
     text_frontend: Literal["chars", "phonemes"] = "chars"  # text ids: characters, or IPA (utils/phonemes.py)
     codebook_size: int = 1000
+    # The codec's FSQ levels (config/preencoder.yaml's model.generator.fsq_levels), product =
+    # codebook_size. When given, codec tokens that share an FSQ digit share part of their audio
+    # embedding and output-head vectors (model.layers.CodeFactors). Empty = a free vector per token.
+    code_levels: list[int] = field(default_factory=list)
     mel_channels: int = 80
     emotion_input_size: int = 768
     emotion_hidden_sizes: list[int] = field(default_factory=lambda: [256])
@@ -126,6 +131,13 @@ class ModelSection:
                      "emotion_channels", "n_speaker"):
             require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
         require(self.speaker_channels >= 0, "speaker_channels must be >= 0")
+        if self.code_levels:
+            require(all(n >= 2 for n in self.code_levels), f"code_levels must each be >= 2, got {self.code_levels}")
+            require(
+                math.prod(self.code_levels) == self.codebook_size,
+                f"code_levels {self.code_levels} hold {math.prod(self.code_levels)} codes but codebook_size is "
+                f"{self.codebook_size}: give the codec's fsq_levels (their product is its codebook), or [] for none",
+            )
         require(all(h > 0 for h in self.emotion_hidden_sizes), "emotion_hidden_sizes must be positive")
         require(
             self.emotion_channels <= self.encoder.hidden,
