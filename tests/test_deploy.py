@@ -12,6 +12,7 @@ import yaml
 import export_deploy
 from model.deploy import DeployedChain
 from model.deploy_export import DecodeStepModule
+from model.echolancer import Echolancer
 from model.pretrained import export_echolancer, load_echolancer
 from pipeline import build_synthesizer
 from tests.tiny_chain import TEXT, build_chain
@@ -140,3 +141,24 @@ def test_the_deployed_chain_runs_without_the_model_code(deployed, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["20", str(20 * 256)]
+
+
+def test_a_model_whose_codes_share_digit_vectors_exports_equal_to_eager(tmp_path):
+    """model.code_levels builds the embedding and head tables inside decode_step: the traced step
+    must carry them (the export's own check compares it with the eager model)."""
+    build_chain(tmp_path)  # the pre-encoder and vocoder exports
+    cfg = load_config("config/model_tiny.yaml", ["model.code_levels=[8,5,5,5]"])
+    torch.manual_seed(0)
+    model = Echolancer.from_config(cfg).eval()
+    with torch.no_grad():
+        model.code_factors.outputs.normal_()  # digit terms large enough to decide the argmax
+        model.code_factors.inputs.normal_()
+    export_echolancer(model, cfg, CharTokenizer(), str(tmp_path / "echo"), 3)
+    paths = {"ckpt": str(tmp_path / "echo"), "pe": str(tmp_path / "pe"), "voc": str(tmp_path / "voc")}
+    out = tmp_path / "out"
+    assert export(paths, out) == 0
+    check = yaml.safe_load((out / "deploy.yaml").read_text())["check"]["max_abs_diff"]
+    assert check["decode_step"] <= 1e-5, check
+    (utt,) = eager_synth(paths).synthesize([TEXT], speakers=[1], max_length=32, temperature=0.0)
+    assert torch.equal(DeployedChain(out).synthesize(TEXT, speaker=1, max_length=32, temperature=0.0).tokens,
+                       utt.tokens)
