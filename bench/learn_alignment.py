@@ -81,8 +81,9 @@ VARIANTS: dict[str, tuple[list[str], bool, bool, bool, bool]] = {
     # the default with the decoder states read back to the text (model.decoder.text_ctc_weight)
     "text_ctc": (["model.decoder.text_ctc_weight=1.0"], True, False, True, False),
     # the default with codec tokens sharing vectors by grid digit (model.code_levels). The task's
-    # tokens fill the first ids of a 4x4x4x4 grid, so here the digits carry no meaning: this checks
-    # that the sharing does not get in the way when it has nothing to offer.
+    # tokens fill the first ids of a 4x4x4x4 grid letter by letter, so one letter's run of ids
+    # mostly shares its upper digits: the grid groups the tokens by letter, much as an FSQ grid
+    # groups similar frames.
     "code_factors": (["model.code_levels=[4,4,4,4]"], True, False, True, False),
 }
 
