@@ -403,7 +403,7 @@ def preprocess(
                             "changed_share": round(changed / max(len(good), 1), 4)}
     report["settings"] = {"config": config_path, "pre_encoder_dir": pre_encoder_dir, "bert_model": bert_model,
                           "val_fraction": val_fraction, "trim_silence": trim, "audio": asdict(audio),
-                          "codebook_size": int(pre.codebook_size)}
+                          "codebook_size": int(pre.codebook_size), "fsq_levels": list(pre.fsq_levels)}
     with open(os.path.join(output_dir, "qa_report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
     return report

@@ -27,6 +27,7 @@ A directory written by :mod:`data.packed` (a ``packed.json`` header) is opened a
 from __future__ import annotations
 
 import bisect
+import json
 import os
 import random
 import warnings
@@ -376,6 +377,21 @@ class EcholancerDataset(Dataset):
         if self.cfg.model.vq_token_mode:
             item["ref"] = self._reference(index, s)
         return item
+
+
+def recorded_codec_levels(data_dir: str) -> tuple[Optional[list[int]], str]:
+    """The FSQ levels of the codec that wrote ``data_dir``'s tokens, and the file that says so.
+
+    ``preprocess.py`` records them in ``qa_report.json`` beside the split directories (``settings.
+    fsq_levels``). Returns None for the levels when there is no such report or it predates them.
+    """
+    report = os.path.join(os.path.dirname(os.path.normpath(data_dir)), "qa_report.json")
+    try:
+        with open(report, encoding="utf-8") as f:
+            levels = json.load(f).get("settings", {}).get("fsq_levels")
+    except (OSError, ValueError):
+        return None, report
+    return (list(levels) if levels else None), report
 
 
 def _pad(seqs: list[Tensor], value: int, multiple: int = 1) -> tuple[Tensor, Tensor]:

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from data.dataset import EcholancerDataset
+from data.dataset import EcholancerDataset, recorded_codec_levels
 from data.qa_report import distribution
 from preprocess import main, preprocess, split_keys
 from scripted_preencoder import ScriptedPreEncoder
@@ -230,6 +230,10 @@ def test_qa_report_hours_outliers_unmappable_characters_and_round_trip_error(cor
     assert report["duration_seconds"]["count"] == 5
     assert report["unmappable_characters"] == {"*": 1, "^": 1}  # what the normaliser cannot read out
     assert 0 <= report["normalizer"]["changed_share"] <= 1
+    # The codec's grid, which training checks model.code_levels against (recorded_codec_levels).
+    assert report["settings"]["fsq_levels"] == list(ScriptedPreEncoder(pre_dir).fsq_levels)
+    assert recorded_codec_levels(str(tmp_path / "out" / "train")) == (report["settings"]["fsq_levels"],
+                                                                        str(tmp_path / "out" / "qa_report.json"))
 
     # The round-trip error is the mean |mel - decode(encode(mel))| of each clip.
     pre = ScriptedPreEncoder(pre_dir)

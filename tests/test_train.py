@@ -299,3 +299,21 @@ def test_create_dummy_without_a_step_limit_stops_at_the_dummy_cap_and_says_so_fi
     argv[argv.index("training.max_steps=null")] = "training.max_steps=5"
     assert train_main(argv + ["--train_data_dir", str(tmp_path / "a"), "--output_dir", str(tmp_path / "rb")]) == 0
     assert load_checkpoint(tmp_path / "rb" / "ckpt")["step"] == 5
+
+
+def test_code_levels_that_differ_from_the_codec_that_wrote_the_data_are_refused_naming_the_report(tmp_path):
+    import json
+
+    from utils.config import ConfigError
+
+    mcfg, _ = load_configs(MODEL_CFG, TRAIN_CFG)
+    for split, seed in (("train", 0), ("val", 1)):
+        create_dummy_data_files(str(tmp_path / split), mcfg, n_files=4, max_text_len=10, seed=seed)
+    data = (str(tmp_path / "train"), str(tmp_path / "val"))
+    (tmp_path / "qa_report.json").write_text(json.dumps({"settings": {"fsq_levels": [10, 10, 10]}}))
+    with pytest.raises(ConfigError, match=r"model.code_levels is \[8, 5, 5, 5\], but .*qa_report.json says the "
+                                          r"codec that wrote this data has fsq_levels \[10, 10, 10\]"):
+        make_trainer(data, tmp_path / "bad", ["model.code_levels=[8,5,5,5]"]).build()
+    trainer = make_trainer(data, tmp_path / "good", ["model.code_levels=[10,10,10]"])
+    trainer.build()
+    assert trainer.model.code_factors is not None

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from data.dataset import Collate, EcholancerDataset
+from data.dataset import Collate, EcholancerDataset, recorded_codec_levels
 from data.sampler import BucketBatchSampler
 from model.alignment import (
     alignment_image,
@@ -170,6 +170,10 @@ class Trainer(Recipe):
     def _build_data(self) -> None:
         tc, paths, dist = self.tcfg.training, self.paths, self.dist
         self.train_set = EcholancerDataset(paths.train_data_dir, self.mcfg, seed=tc.seed)
+        levels, report = recorded_codec_levels(paths.train_data_dir)
+        if self.mcfg.model.code_levels and levels is not None and levels != self.mcfg.model.code_levels:
+            raise ConfigError(f"model.code_levels is {self.mcfg.model.code_levels}, but {report} says the codec that "
+                              f"wrote this data has fsq_levels {levels}: set model.code_levels={levels} (or [])")
         self.val_set = EcholancerDataset(paths.val_data_dir, self.mcfg, seed=tc.seed) if paths.val_data_dir else None
         # Audio-per-text ratios of the training data: saved with checkpoints and exports, they bound
         # generation (model config ``generation``) in the test interval and at inference.
