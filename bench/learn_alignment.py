@@ -27,7 +27,6 @@ when comparing runs from different machines. Nothing in the model knows about th
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing as mp
 import os
@@ -58,7 +57,7 @@ SMALL = [  # the benchmark size: ~1.5 M parameters
 ]
 # name -> (model overrides, alignment prior on, legacy symmetric encoder, guided loss on, forward-sum on)
 VARIANTS: dict[str, tuple[list[str], bool, bool, bool, bool]] = {
-    "default": ([], True, False, True, False),  # what config/train.yaml trains: prior + guided loss
+    "default": ([], True, False, True, False),  # what config/train.yaml trains: prior + guided loss, shared codes
     "prior_only": ([], True, False, False, False),  # the default before the guided loss
     "guided_only": ([], False, False, True, False),
     "forward_sum": ([], True, False, False, True),  # prior + the forward-sum (CTC) loss
@@ -80,11 +79,12 @@ VARIANTS: dict[str, tuple[list[str], bool, bool, bool, bool]] = {
     "token_dropout_forward_sum": (["model.decoder.token_dropout=0.2"], True, False, True, True),
     # the default with the decoder states read back to the text (model.decoder.text_ctc_weight)
     "text_ctc": (["model.decoder.text_ctc_weight=1.0"], True, False, True, False),
-    # the default with codec tokens sharing vectors by grid digit (model.code_levels). The task's
-    # tokens fill the first ids of a 4x4x4x4 grid letter by letter, so one letter's run of ids
-    # mostly shares its upper digits: the grid groups the tokens by letter, much as an FSQ grid
-    # groups similar frames.
-    "code_factors": (["model.code_levels=[4,4,4,4]"], True, False, True, False),
+    # The default shares codec-token vectors by FSQ digit (model.code_levels, [8, 5, 5, 5]): the
+    # task's tokens fill the first ids of that grid letter by letter, so one letter's run of ids
+    # mostly shares its upper digits, as an FSQ grid groups similar frames. This is the default
+    # before that: a free vector per token.
+    "free_codes": (["model.code_levels=[]"], True, False, True, False),
+    "code_factors_4x4x4x4": (["model.code_levels=[4,4,4,4]"], True, False, True, False),
 }
 
 
@@ -205,10 +205,10 @@ def run_variant(a: RunArgs) -> dict:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     task = Task(a.seed)
-    levels = [json.loads(o.split("=", 1)[1]) for o in a.overrides if o.startswith("model.code_levels=")]
-    size = math.prod(levels[-1]) if levels else task.codebook_size  # a grid holds the task's tokens
+    levels = load_config(a.config, a.overrides).model.code_levels
+    size = math.prod(levels) if levels else task.codebook_size  # a grid holds the task's tokens
     if size < task.codebook_size:
-        raise SystemExit(f"model.code_levels {levels[-1]} hold {size} codes; the task needs {task.codebook_size}")
+        raise SystemExit(f"model.code_levels {levels} hold {size} codes; the task needs {task.codebook_size}")
     cfg = load_config(a.config, a.overrides + [f"model.codebook_size={size}", f"model.vq_vocab_size={size}"])
     model = Echolancer.from_config(cfg)
     if a.legacy_symmetric:  # the mirror-blind encoder of earlier versions, kept only as a baseline

@@ -439,7 +439,9 @@ class Echolancer(nn.Module):
     def project(self, h: Tensor) -> tuple[Tensor, Optional[Tensor]]:
         """Hidden states (..., Dd) -> token logits (..., n_vocab) and stop logits (...) or None."""
         stop = self.stop_head(h).squeeze(-1) if self.stop_head is not None else None
-        logits = self.head(h) if self.code_factors is None else self.code_factors.project(self.head, h)
+        logits = self.head(h)
+        if self.code_factors is not None:
+            logits = self.code_factors.add_logits(logits, h)
         return logits, stop
 
     def forward(

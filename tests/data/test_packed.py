@@ -107,7 +107,7 @@ def test_open_checks_recorded_id_ranges_against_the_config_naming_the_utterance(
     h = read_header(dst)
     codebook = h["ranges"]["mel"][1]  # the largest audio id: a codebook that excludes it must fail
     with pytest.raises(DataError, match=f"'mel' has ids up to {codebook}"):
-        EcholancerDataset(dst, load_config("config/model_tiny.yaml", [f"model.codebook_size={codebook}"]))
+        EcholancerDataset(dst, load_config("config/model_tiny.yaml", [f"model.codebook_size={codebook}", "model.code_levels=[]"]))
     wide = load_config("config/model_tiny.yaml", ["model.emotion_input_size=768"])
     with pytest.raises(DataError, match=r"emotion vectors have 384 values; expected 768"):
         EcholancerDataset(dst, wide)
@@ -196,7 +196,7 @@ def test_pt_start_up_reads_only_new_or_changed_files(tmp_path, cfg, monkeypatch)
 def test_cached_files_get_the_same_config_checks_and_messages(tmp_path, cfg, monkeypatch):
     create_dummy_data_files(str(tmp_path), cfg, n_files=6)
     EcholancerDataset(str(tmp_path), cfg)  # builds the cache
-    for over in (["model.n_speaker=2"], ["model.codebook_size=10"], ["model.vocab_size=3"],
+    for over in (["model.n_speaker=2"], ["model.codebook_size=10", "model.code_levels=[]"], ["model.vocab_size=3"],
                  ["model.emotion_input_size=8"]):
         other = load_config("config/model_tiny.yaml", over)
         with pytest.raises(DataError) as uncached:

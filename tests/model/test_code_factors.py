@@ -11,7 +11,8 @@ from model.layers import CodeFactors
 from model.preencoder import FSQ
 from utils.config import ConfigError, load_config
 
-TINY = ["model.code_levels=[8,5,5,5]"]
+TINY = ["model.code_levels=[8,5,5,5]"]  # the default of config/model.yaml
+FREE = ["model.code_levels=[]"]  # a free vector per token
 
 
 def test_each_code_vector_is_its_own_plus_one_vector_per_digit():
@@ -26,11 +27,15 @@ def test_each_code_vector_is_its_own_plus_one_vector_per_digit():
         want = plain[k] + sum(cf.inputs[starts[d] + digits[k, d]] for d in range(3))
         torch.testing.assert_close(got[k], want)
     assert torch.equal(got[24:], plain[24:])  # the special tokens keep their own vectors only
+    # The head adds the same per-digit scores to a plain head's logits.
+    h, bias = torch.randn(3, 5), torch.randn(27)
+    torch.testing.assert_close(cf.add_logits(torch.nn.functional.linear(h, plain, bias), h),
+                               torch.nn.functional.linear(h, cf._expand(plain, cf.outputs), bias))
 
 
 def test_zero_digit_vectors_give_exactly_the_plain_model():
     torch.manual_seed(0)
-    plain = Echolancer.from_config(load_config("config/model_tiny.yaml")).eval()
+    plain = Echolancer.from_config(load_config("config/model_tiny.yaml", FREE)).eval()
     shared = Echolancer.from_config(load_config("config/model_tiny.yaml", TINY)).eval()
     missing, unexpected = shared.load_state_dict(plain.state_dict(), strict=False)
     assert sorted(missing) == ["code_factors.inputs", "code_factors.outputs"] and not unexpected
@@ -51,7 +56,7 @@ def test_training_one_code_moves_the_codes_that_share_its_digits(factored):
     """One step of cross-entropy towards code k: with shared digits, a code that differs from k in
     one digit only gains too; with free vectors it loses, like every other wrong code."""
     torch.manual_seed(0)
-    model = Echolancer.from_config(load_config("config/model_tiny.yaml", TINY if factored else []))
+    model = Echolancer.from_config(load_config("config/model_tiny.yaml", TINY if factored else FREE))
     fsq = FSQ([8, 5, 5, 5])
     k = int(fsq.codes_to_indices(torch.tensor([1.0, 0.0, -1.0, 2.0])))
     near = int(fsq.codes_to_indices(torch.tensor([1.0, 0.0, -1.0, 1.0])))  # one digit apart
@@ -67,5 +72,7 @@ def test_training_one_code_moves_the_codes_that_share_its_digits(factored):
 def test_levels_that_do_not_make_the_codebook_are_an_error_naming_both():
     with pytest.raises(ConfigError, match=r"code_levels \[8, 5, 5\] hold 200 codes but codebook_size is 1000"):
         load_config("config/model_tiny.yaml", ["model.code_levels=[8,5,5]"])
+    with pytest.raises(ConfigError, match=r"code_levels \[8, 5, 5, 5\] hold 1000 codes but codebook_size is 20"):
+        load_config("config/model_tiny.yaml", ["model.codebook_size=20"])  # the default levels, another codebook
     with pytest.raises(ConfigError, match="code_levels must each be >= 2"):
         load_config("config/model_tiny.yaml", ["model.code_levels=[1000,1]", "model.codebook_size=1000"])

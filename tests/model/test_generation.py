@@ -63,9 +63,9 @@ def assert_varied(tokens: torch.Tensor) -> None:
         [],  # ALiBi, GQA (2 query heads share 1 KV head)
         ["model.use_alibi=false", "model.decoder_kv_heads=2"],  # sinusoidal positions, plain MHA
         ["model.stop_head=true"],
-        ["model.code_levels=[8,5,5,5]"],  # codec tokens share vectors by FSQ digit
+        ["model.code_levels=[]"],  # a free vector per codec token (the others share by FSQ digit)
     ],
-    ids=["alibi-gqa", "sinusoidal-mha", "stop-head", "code-factors"],
+    ids=["alibi-gqa", "sinusoidal-mha", "stop-head", "free-codes"],
 )
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])  # the uncached reference runs the full decoder
 def test_greedy_cached_equals_uncached(overrides, backend):

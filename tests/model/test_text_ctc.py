@@ -13,7 +13,7 @@ from utils.config import ConfigError, load_config
 TINY = ["model.encoder.hidden=32", "model.decoder.hidden=32", "model.encoder.layer=1", "model.decoder.layer=1",
         "model.encoder.head=2", "model.decoder.head=2", "model.encoder_kv_heads=2", "model.decoder_kv_heads=2",
         "model.emotion_input_size=8", "model.emotion_hidden_sizes=[8]", "model.emotion_channels=8",
-        "model.vocab_size=12", "model.codebook_size=20", "model.encoder.dropout=0.0", "model.decoder.dropout=0.0"]
+        "model.vocab_size=12", "model.codebook_size=20", "model.code_levels=[]", "model.encoder.dropout=0.0", "model.decoder.dropout=0.0"]
 
 
 def build(*overrides: str) -> Echolancer:
