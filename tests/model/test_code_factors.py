@@ -76,3 +76,20 @@ def test_levels_that_do_not_make_the_codebook_are_an_error_naming_both():
         load_config("config/model_tiny.yaml", ["model.codebook_size=20"])  # the default levels, another codebook
     with pytest.raises(ConfigError, match="code_levels must each be >= 2"):
         load_config("config/model_tiny.yaml", ["model.code_levels=[1000,1]", "model.codebook_size=1000"])
+
+
+def test_a_model_saved_before_code_levels_existed_loads_with_free_vectors(tmp_path):
+    """A saved config without the key is a model from before it: free vectors, whatever
+    config/model.yaml now defaults to (its weights have no digit vectors to load)."""
+    from model.pretrained import export_echolancer, load_echolancer
+    from utils.char_tokenizer import CharTokenizer
+
+    cfg = load_config("config/model_tiny.yaml", FREE)
+    model = Echolancer.from_config(cfg).eval()
+    path = export_echolancer(model, cfg, CharTokenizer(), str(tmp_path / "old"), 5)  # .../echolancer.pt
+    state = torch.load(path, weights_only=True)
+    del state["model_config"]["model"]["code_levels"]  # as written before the key existed
+    torch.save(state, path)
+    loaded = load_echolancer(str(tmp_path / "old"))
+    assert loaded.model.code_factors is None
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.model.state_dict().items())
