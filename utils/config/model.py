@@ -85,7 +85,9 @@ class ModelSection:
     codebook_size: int = 1000
     # The codec's FSQ levels (config/preencoder.yaml's model.generator.fsq_levels), product =
     # codebook_size. When given, codec tokens that share an FSQ digit share part of their audio
-    # embedding and output-head vectors (model.layers.CodeFactors). Empty = a free vector per token.
+    # embedding and output-head vectors (model.layers.CodeFactors). Empty = a free vector per token:
+    # the default here, so a saved config from before the key loads as what it was; config/model.yaml
+    # sets [8, 5, 5, 5].
     code_levels: list[int] = field(default_factory=list)
     mel_channels: int = 80
     emotion_input_size: int = 768
