@@ -240,7 +240,7 @@ class Echolancer(nn.Module):
         self.token_dropout = dec.token_dropout  # teacher forcing only, see hide_tokens
         self.head = nn.Linear(dec.hidden, self.n_vocab)
         # Codec tokens on one FSQ digit share part of their embedding and head vectors (or None).
-        self.code_factors = CodeFactors(cfg.code_levels, dec.hidden) if cfg.code_levels else None
+        self.code_factors = CodeFactors(cfg.code_levels, dec.hidden, self.n_vocab) if cfg.code_levels else None
         self.stop_head = nn.Linear(dec.hidden, 1) if cfg.stop_head else None
         # Training only: reads the text back from the decoder states (CTC, blank = vocab_size).
         self.text_ctc_head = nn.Linear(dec.hidden, cfg.vocab_size + 1) if dec.text_ctc_weight > 0 else None

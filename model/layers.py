@@ -325,39 +325,38 @@ class CodeFactors(nn.Module):
         levels: FSQ levels per dimension, e.g. ``[8, 5, 5, 5]``.  dim: vector width D.
     """
 
-    def __init__(self, levels: list[int], dim: int) -> None:
+    def __init__(self, levels: list[int], dim: int, n_vocab: int) -> None:
         super().__init__()
         fsq = FSQ(list(levels))
         codes = fsq.indices_to_codes(torch.arange(fsq.codebook_size))  # (C, n_dims) integer-valued
         digits = codes.long() + fsq.half_width  # (C, n_dims) in [0, L_d)
         starts = torch.cumsum(torch.tensor([0] + list(levels[:-1])), 0)  # each dimension's first row
-        onehot = torch.zeros(fsq.codebook_size, sum(levels))
-        onehot.scatter_(1, digits + starts, 1.0)  # (C, sum L): one 1 per dimension
+        onehot = torch.zeros(n_vocab, sum(levels))  # rows past the codebook stay 0: no digits
+        onehot[: fsq.codebook_size].scatter_(1, digits + starts, 1.0)  # (V, sum L): one 1 per dimension
         self.register_buffer("onehot", onehot, persistent=False)  # follows from levels
-        self.codebook_size = fsq.codebook_size
         self.inputs = nn.Parameter(torch.randn(sum(levels), dim) * 0.02)  # audio embedding digits
         self.outputs = nn.Parameter(torch.randn(sum(levels), dim) * 0.02)  # output head digits
 
-    def _expand(self, weight: Tensor, digit_vectors: Tensor) -> Tensor:
-        """(V, D) a plain table, V >= C -> (V, D) the same with the digit vectors added to its first C rows."""
-        C = self.codebook_size
-        shared = self.onehot.to(digit_vectors.dtype) @ digit_vectors  # (C, D)
-        return torch.cat([weight[:C] + shared.to(weight.dtype), weight[C:]], dim=0)
+    def digit_sum(self, ids: Tensor, vectors: Tensor) -> Tensor:
+        """(...) token ids -> (..., D) the sum of their digits' rows of ``vectors`` (sum L, D); 0 for specials.
+
+        Only the looked-up tokens are expanded, so a one-token decode step costs one row, not a table.
+        """
+        return F.embedding(ids, self.onehot).to(vectors.dtype) @ vectors
 
     def embed(self, emb: NormalizedEmbedding, ids: Tensor) -> Tensor:
-        """``emb(ids)`` with the digit vectors in its table: (B, T) long -> (B, T, D)."""
-        return emb.norm(F.embedding(ids, self._expand(emb.embedding.weight, self.inputs)))
+        """``emb(ids)`` with each token's digit vectors added before the norm: (B, T) long -> (B, T, D)."""
+        x = emb.embedding(ids)
+        return emb.norm(x + self.digit_sum(ids, self.inputs).to(x.dtype))
 
     def add_logits(self, logits: Tensor, h: Tensor) -> Tensor:
-        """A plain head's ``logits`` (..., V), V >= C, plus each code's digit scores for states ``h`` (..., D).
+        """A plain head's ``logits`` (..., V) plus each code's digit scores for states ``h`` (..., D).
 
         Scoring the ``sum(levels)`` digits and spreading them over the codes costs about a fifth of
         the plain head at 1,000 codes; the plain head stays a module call of its own.
         """
-        C = self.codebook_size
         digits = F.linear(h, self.outputs)  # (..., sum L)
-        shared = F.linear(digits, self.onehot.to(digits.dtype))  # (..., C)
-        return torch.cat([logits[..., :C] + shared.to(logits.dtype), logits[..., C:]], dim=-1)
+        return logits + F.linear(digits, self.onehot.to(digits.dtype)).to(logits.dtype)  # specials get 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from model.echolancer import Echolancer
-from model.layers import CodeFactors
+from model.layers import CodeFactors, NormalizedEmbedding
 from model.preencoder import FSQ
 from utils.config import ConfigError, load_config
 
@@ -17,20 +17,27 @@ FREE = ["model.code_levels=[]"]  # a free vector per token
 
 def test_each_code_vector_is_its_own_plus_one_vector_per_digit():
     levels = [4, 3, 2]
-    cf = CodeFactors(levels, dim=5)
-    plain = torch.randn(24 + 3, 5)  # 24 codes, then BOS, EOS, pad
-    got = cf._expand(plain, cf.inputs)
+    cf = CodeFactors(levels, dim=5, n_vocab=24 + 3)  # 24 codes, then BOS, EOS, pad
+    emb = NormalizedEmbedding(27, 5)
+    ids = torch.arange(27)
+    got = emb.embedding(ids) + cf.digit_sum(ids, cf.inputs)
     fsq = FSQ(levels)
     digits = fsq.indices_to_codes(torch.arange(24)).long() + fsq.half_width  # the codec's numbering
     starts = [0, 4, 7]
+    expanded = emb.embedding.weight.detach().clone()
     for k in range(24):
-        want = plain[k] + sum(cf.inputs[starts[d] + digits[k, d]] for d in range(3))
+        want = emb.embedding.weight[k] + sum(cf.inputs[starts[d] + digits[k, d]] for d in range(3))
         torch.testing.assert_close(got[k], want)
-    assert torch.equal(got[24:], plain[24:])  # the special tokens keep their own vectors only
-    # The head adds the same per-digit scores to a plain head's logits.
-    h, bias = torch.randn(3, 5), torch.randn(27)
+        expanded[k] = want.detach()
+    assert torch.equal(got[24:], emb.embedding.weight[24:])  # the special tokens keep their own vectors only
+    torch.testing.assert_close(cf.embed(emb, ids[None]), emb.norm(expanded)[None])  # before the norm
+    # The head adds the same per-digit scores to a plain head's logits (the specials' logits unchanged).
+    plain, bias, h = torch.randn(27, 5), torch.randn(27), torch.randn(3, 5)
+    out_expanded = plain.clone()
+    for k in range(24):
+        out_expanded[k] += sum(cf.outputs[starts[d] + digits[k, d]] for d in range(3)).detach()
     torch.testing.assert_close(cf.add_logits(torch.nn.functional.linear(h, plain, bias), h),
-                               torch.nn.functional.linear(h, cf._expand(plain, cf.outputs), bias))
+                               torch.nn.functional.linear(h, out_expanded, bias))
 
 
 def test_zero_digit_vectors_give_exactly_the_plain_model():
