@@ -47,6 +47,7 @@ from model.loss import EcholancerLoss, text_ctc_loss  # noqa: E402
 from model.tracking import TrackingParams, alignment_report, tracking_params  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.config.train import AlignmentConfig  # noqa: E402
+from utils.scheduler import lr_multiplier  # noqa: E402
 
 LETTERS = 26
 SMALL = [  # the benchmark size: ~1.5 M parameters
@@ -199,6 +200,20 @@ class RunArgs:
     prior_anneal: int
     prior_scale: float
     align: AlignmentConfig  # the alignment losses (weights 0 = off), as training reads them
+    schedule: str = "warmup_cosine"  # the learning-rate decay after the warm-up, as scheduler.type names it
+
+
+WARMUP = 200  # optimizer steps of linear warm-up, every schedule
+DECAYS = ("warmup_cosine", "warmup_linear", "constant_with_warmup")  # scheduler.type names, noam aside
+
+
+def lr_factor(a: RunArgs, step: int, train_s: float) -> float:
+    """The learning-rate multiplier: a linear warm-up by steps, then ``a.schedule`` decaying over the
+    run's progress. Progress is the larger of steps done and training time spent, so a run cut by
+    ``--minutes`` ends its decay at its time limit just as one cut by ``--max_steps`` does."""
+    warm = min(1.0, (step + 1) / WARMUP)
+    done = max(step / a.max_steps, train_s / (a.minutes * 60))
+    return warm * lr_multiplier(round(1000 * min(1.0, done)), a.schedule, 0, 1000)
 
 
 def run_variant(a: RunArgs) -> dict:
@@ -215,8 +230,6 @@ def run_variant(a: RunArgs) -> dict:
         model.encoder.position = "symmetric"
     loss_fn = EcholancerLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    warmup = 200
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
 
     g_train = torch.Generator().manual_seed(a.seed + 1)
     g_eval = torch.Generator().manual_seed(10_000 + a.seed)  # the same held-out strings for every variant
@@ -228,6 +241,8 @@ def run_variant(a: RunArgs) -> dict:
     eval_time = 0.0
     while step < a.max_steps and (time.time() - t0 - eval_time) < a.minutes * 60:
         model.train()
+        for group in opt.param_groups:
+            group["lr"] = a.lr * lr_factor(a, step, time.time() - t0 - eval_time)
         b = task.batch(task.strings(a.batch_size, 5, 30, g_train), model.pad_id)
         S, T = b["texts"].shape[1], b["mels"].shape[1]
         w = prior_weight(step, a.prior, a.prior_hold, a.prior_anneal)
@@ -244,7 +259,6 @@ def run_variant(a: RunArgs) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        sched.step()
         step += 1
         if step % a.eval_every == 0:
             e0 = time.time()
@@ -319,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1.0e-3)
+    p.add_argument("--schedule", default="warmup_cosine", choices=DECAYS,
+                   help="learning-rate decay after a 200-step warm-up, over the run's steps or minutes; "
+                        "constant_with_warmup is this benchmark's schedule before it followed training's default "
+                        "(default: %(default)s)")
     p.add_argument("--eval_every", type=int, default=250)
     p.add_argument("--prior_hold", type=int, default=300, help="steps at full prior strength")
     p.add_argument("--prior_anneal", type=int, default=300, help="steps of linear fade after that")
@@ -340,9 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(RunArgs(name, args.config, base + overrides, prior, legacy, args.minutes, args.max_steps,
                             args.threads, args.seed, args.batch_size, args.lr, args.eval_every,
                             args.prior_hold, args.prior_anneal, args.prior_scale,
-                            align))
+                            align, args.schedule))
     print(f"learn_alignment: {len(runs)} variant(s), {args.minutes} min each, {args.threads} thread(s), "
-          f"{args.jobs} at a time; base overrides: {' '.join(base) or '(none)'}", flush=True)
+          f"{args.jobs} at a time, {args.schedule} learning rate; base overrides: {' '.join(base) or '(none)'}", flush=True)
     if args.jobs > 1:
         with mp.get_context("spawn").Pool(args.jobs) as pool:
             results = pool.map(_run_logged, runs, chunksize=1)
