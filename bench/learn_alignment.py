@@ -47,7 +47,7 @@ from model.loss import EcholancerLoss, text_ctc_loss  # noqa: E402
 from model.tracking import TrackingParams, alignment_report, tracking_params  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.config.train import AlignmentConfig  # noqa: E402
-from utils.scheduler import lr_multiplier  # noqa: E402
+from utils.scheduler import SCHEDULES, lr_multiplier  # noqa: E402
 
 LETTERS = 26
 SMALL = [  # the benchmark size: ~1.5 M parameters
@@ -204,14 +204,16 @@ class RunArgs:
 
 
 WARMUP = 200  # optimizer steps of linear warm-up, every schedule
-DECAYS = ("warmup_cosine", "warmup_linear", "constant_with_warmup")  # scheduler.type names, noam aside
+DECAYS = tuple(s for s in SCHEDULES if s != "noam")  # noam has no end to decay to
 
 
 def lr_factor(a: RunArgs, step: int, train_s: float) -> float:
-    """The learning-rate multiplier: a linear warm-up by steps, then ``a.schedule`` decaying over the
+    """The learning-rate multiplier: a linear warm-up by steps, times ``a.schedule`` decaying over the
     run's progress. Progress is the larger of steps done and training time spent, so a run cut by
-    ``--minutes`` ends its decay at its time limit just as one cut by ``--max_steps`` does."""
-    warm = min(1.0, (step + 1) / WARMUP)
+    ``--minutes`` ends its decay at its time limit just as one cut by ``--max_steps`` does. Unlike
+    training's schedule, the decay counts from step 0 (under the warm-up), in thousandths of the run:
+    the end of a run cut by time is not known in steps."""
+    warm = lr_multiplier(step, "constant_with_warmup", WARMUP, 0)
     done = max(step / a.max_steps, train_s / (a.minutes * 60))
     return warm * lr_multiplier(round(1000 * min(1.0, done)), a.schedule, 0, 1000)
 
